@@ -1,0 +1,3 @@
+from xllama.cli import main
+
+raise SystemExit(main())
