@@ -1,0 +1,235 @@
+"""Training recipes: YAML files validated into dataclasses.
+
+A recipe is the whole description of a run (model, data mix, optimisation, LoRA); the command line only picks a
+recipe and overrides keys (``--set train.learning_rate=1e-5``), in the torchtitan spirit of configs, not flags.
+Unknown keys and wrongly typed values are errors that name the key, because a typo in a recipe silently
+falling back to a default costs a cluster run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xllama.errors import XllamaError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str | None = None  # Hub id, local checkpoint directory or .gguf file
+    init: dict | None = None  # or: a random model from a transformers config dict (quickstart, benchmarks)
+    tokenizer: str | None = None  # defaults to name_or_path; "bpe" trains a small BPE on the mix (quickstart)
+    tokenizer_vocab_size: int = 4096  # for tokenizer: bpe
+    attn_implementation: str = "auto"  # auto | flash_attention_2 | flex_attention | sdpa | eager
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    max_steps: int | None = None  # stop early (smoke runs); the schedule still follows `epochs` unless set
+    learning_rate: float = 2e-5
+    lr_scheduler: str = "cosine"  # any transformers scheduler name: cosine, linear, constant_with_warmup, inverse_sqrt
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    global_batch_size: int = 128  # examples per optimiser step, over all ranks
+    micro_batch_tokens: int = 8192  # tokens per packed forward pass per rank (>= max_length)
+    max_length: int = 512
+    precision: str = "bf16"  # bf16 (bf16 compute, fp32 master weights) | fp32
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    save_every: int = 500  # optimiser steps between checkpoints (0: only at the end / on SIGTERM)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    requires_gpu: bool = False
+    tensorboard: bool = False
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    merge: bool = True  # save a merged full model next to the adapter
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    description: str = ""
+    task: str = "instruct"  # instruct (Alpaca prompt, loss on the response) | alma-monolingual | alma-parallel
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: dict = field(default_factory=dict)  # a data-mix spec (see xllama.data.mix.MixSpec), or {path: MIX_DIR}
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    launch: dict = field(default_factory=dict)  # how to launch at scale (documentation: accelerate config etc.)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TASKS = ("instruct", "alma-monolingual", "alma-parallel")
+CHOICES = {
+    "train.precision": ("bf16", "fp32"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "task": TASKS,
+    "model.attn_implementation": ("auto", "flash_attention_2", "flex_attention", "sdpa", "eager"),
+}
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_type(value, inner[0], where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = origin or tp
+    if expected is typing.Any or isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise XllamaError(f"{where}: expected {getattr(expected, '__name__', expected)}, got {value!r}")
+
+
+def from_dict(cls, data: Any, where: str):
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types with the key's path."""
+    if not isinstance(data, dict):
+        raise XllamaError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise XllamaError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}"
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, path)
+        else:
+            kwargs[key] = _check_type(value, tp, path)
+    obj = cls(**kwargs)
+    return obj
+
+
+def validate(recipe: Recipe, where: str) -> Recipe:
+    for key, choices in CHOICES.items():
+        obj = recipe
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        if obj not in choices:
+            raise XllamaError(f"{where}.{key}: {obj!r} is not one of {', '.join(choices)}")
+    t = recipe.train
+    positive = {"global_batch_size": t.global_batch_size, "micro_batch_tokens": t.micro_batch_tokens,
+                "max_length": t.max_length, "learning_rate": t.learning_rate, "epochs": t.epochs}
+    for key, value in positive.items():
+        if value <= 0:
+            raise XllamaError(f"{where}.train.{key}: must be positive, got {value}")
+    if t.micro_batch_tokens < t.max_length:
+        raise XllamaError(
+            f"{where}.train.micro_batch_tokens ({t.micro_batch_tokens}) must be >= train.max_length ({t.max_length})"
+        )
+    if not 0 <= t.warmup_ratio < 1:
+        raise XllamaError(f"{where}.train.warmup_ratio: must be in [0, 1), got {t.warmup_ratio}")
+    if t.max_steps is not None and t.max_steps <= 0:
+        raise XllamaError(f"{where}.train.max_steps: must be positive, got {t.max_steps}")
+    if (recipe.model.name_or_path is None) == (recipe.model.init is None):
+        raise XllamaError(f"{where}.model: set exactly one of name_or_path (a pretrained model) or init (a config)")
+    if recipe.model.tokenizer is None and recipe.model.name_or_path is None:
+        raise XllamaError(f"{where}.model.tokenizer: a model built from `init` needs a tokenizer (a path, or 'bpe')")
+    return recipe
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise XllamaError(f"recipe file not found: {path}")
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise XllamaError(f"unknown recipe {name_or_path!r}; known recipes: {', '.join(known)} (or a path to a .yaml)")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.learning_rate=1e-5' -> (['train', 'learning_rate'], 1e-05); the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise XllamaError(f"bad --set {text!r}: expected KEY=VALUE such as train.learning_rate=1e-5")
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def _set(tree: dict, keys: list[str], value: Any, text: str) -> None:
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise XllamaError(f"bad --set {text!r}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def expand_languages(obj: Any, languages: list[str]) -> Any:
+    """Expand '{lang}' templates: a mapping key containing it becomes one key per language; a string value
+    containing it (outside such a key) becomes a list; used for per-language data locations in recipes."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(k, str) and "{lang}" in k:
+                for lang in languages:
+                    out[k.replace("{lang}", lang)] = _fill(v, lang)
+            else:
+                out[k] = expand_languages(v, languages)
+        return out
+    if isinstance(obj, list):
+        return [expand_languages(v, languages) for v in obj]
+    if isinstance(obj, str) and "{lang}" in obj:
+        return [obj.replace("{lang}", lang) for lang in languages]
+    return obj
+
+
+def _fill(obj: Any, lang: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _fill(v, lang) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fill(v, lang) for v in obj]
+    return obj.replace("{lang}", lang) if isinstance(obj, str) else obj
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = (), languages: list[str] | None = None) -> Recipe:
+    """Load, override, expand '{lang}' and validate a recipe."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise XllamaError(f"{path}: malformed YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise XllamaError(f"{path}: a recipe must be a mapping")
+    for text in overrides:
+        keys, value = parse_override(text)
+        _set(raw, keys, value, text)
+    if languages:
+        data = raw.setdefault("data", {})
+        if "path" not in data:
+            data["languages"] = list(languages)
+            if data.get("mix") in (None, "x-llama", "m-llama"):
+                data["mix"] = "x-llama" if len(languages) == 1 else "m-llama"
+        raw["data"] = expand_languages(data, languages)
+    raw.setdefault("name", path.stem)
+    return validate(from_dict(Recipe, raw, where=str(path)), where=str(path))
