@@ -51,13 +51,14 @@ def test_identical_sentences_give_similarity_one_and_perfect_retrieval(model, to
     # encoded twice with different batchings, so the two sides really go through the model separately
     source = encode_sentences(model, tokenizer, ENGLISH, batch_size=3)
     target = encode_sentences(model, tokenizer, ENGLISH, batch_size=8)
-    layers = alignment_metrics(source.vectors, target.vectors)
-    assert [row["layer"] for row in layers] == [0, 1, 2]  # embeddings + 2 blocks
-    for row in layers:
-        assert row["pair_cosine"] == pytest.approx(1.0, abs=1e-5)
-        assert row["retrieval_src_to_tgt"] == 1.0 and row["retrieval_tgt_to_src"] == 1.0
-        assert row["margin"] == pytest.approx(1.0 - row["mismatch_cosine"], abs=1e-6)
-        assert row["margin"] > 0
+    for center in (False, True):
+        layers = alignment_metrics(source.vectors, target.vectors, center=center)
+        assert [row["layer"] for row in layers] == [0, 1, 2]  # embeddings + 2 blocks
+        for row in layers:
+            assert row["pair_cosine"] == pytest.approx(1.0, abs=1e-5)
+            assert row["retrieval_src_to_tgt"] == 1.0 and row["retrieval_tgt_to_src"] == 1.0
+            assert row["margin"] == pytest.approx(1.0 - row["mismatch_cosine"], abs=1e-6)
+            assert row["margin"] > 0
 
 
 @pytest.mark.parametrize("padding_side", ["right", "left"])
@@ -68,6 +69,17 @@ def test_padding_does_not_change_a_sentence_vector(model, tokenizer, padding_sid
     alone = encode_sentences(model, tokenizer, [short], padding_side=padding_side).vectors[:, 0]
     batched = encode_sentences(model, tokenizer, [long, short], batch_size=2, padding_side=padding_side).vectors[:, 1]
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pool_tokens, first", [("text", 1), ("all", 0)])
+def test_pooled_vector_is_the_mean_of_the_chosen_positions(model, tokenizer, pool_tokens, first):
+    sentence = ENGLISH[2]
+    ids = torch.tensor([tokenizer(sentence)["input_ids"]])
+    with torch.inference_mode():
+        states = model.model(input_ids=ids, output_hidden_states=True).hidden_states
+    expected = torch.stack([layer[0, first:].mean(dim=0) for layer in states])
+    got = encode_sentences(model, tokenizer, [sentence, ENGLISH[0]], batch_size=2, pool_tokens=pool_tokens).vectors[:, 0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_pool_layers_averages_real_tokens_only():
@@ -176,7 +188,8 @@ def test_smollm2_on_flores_through_the_cli(smollm_gguf, shared, tmp_path):
     assert entry["num_layers"] == 30 and entry["hidden_size"] == 576
     layers = entry["pairs"]["en-zh"]["layers"]
     assert [row["layer"] for row in layers] == list(range(31))
-    for row in layers:
+    assert len(entry["pairs"]["en-zh"]["layers_centered"]) == 31
+    for row in layers + entry["pairs"]["en-zh"]["layers_centered"]:
         assert set(row) == {"layer", "pair_cosine", "mismatch_cosine", "margin", "retrieval_src_to_tgt",
                             "retrieval_tgt_to_src"}
         assert -1 <= row["mismatch_cosine"] <= row["pair_cosine"] + 1

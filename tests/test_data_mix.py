@@ -31,8 +31,14 @@ def build(d: dict):
         ({"dedup": "yes"}, r"recipe\.data\.dedup: expected true or false"),
         ({"languages": ["zh", "xx"]}, r"recipe\.data\.languages\[1\]: unknown language code 'xx'; known codes: .*zh"),
         ({"languages": ["zh", "de"]}, r"recipe\.data\.languages: mix x-llama takes exactly one target language"),
-        ({"languages": ["zh"], "instructions": {"en": SAMPLE_EN_ZH}}, r"recipe\.data\.instructions\.zh: mix x-llama needs"),
-        ({"languages": ["zh"], "instructions": {"en": "a", "zh": "b"}}, r"recipe\.data\.parallel\.en-zh: mix x-llama needs"),
+        (
+            {"languages": ["zh"], "instructions": {"en": SAMPLE_EN_ZH}},
+            r"recipe\.data\.instructions\.zh: mix x-llama needs",
+        ),
+        (
+            {"languages": ["zh"], "instructions": {"en": "a", "zh": "b"}},
+            r"recipe\.data\.parallel\.en-zh: mix x-llama needs",
+        ),
         ({"instructions": {"en": 3}}, r"recipe\.data\.instructions\.en: expected a location"),
         ({"parallel": {"enzh": "x"}}, r"recipe\.data\.parallel\.enzh: bad language pair"),
         ({"mix": "custom"}, r"recipe\.data: a custom mix needs instructions or parallel data"),
@@ -62,8 +68,15 @@ def test_sizes_are_validated_per_source():
 def test_allocation_fills_parallel_sizes(tmp_path):
     alloc = tmp_path / "alloc.json"
     alloc.write_text(json.dumps({"allocation": {"zh": 30, "de": 20, "ar": 5}, "budget": 55, "law": "power"}))
-    spec = MixSpec.from_dict({"sample": True, "mix": "m-llama", "languages": ["zh", "de"], "allocation": str(alloc),
-                              "parallel_sizes": {"de": 10}})
+    spec = MixSpec.from_dict(
+        {
+            "sample": True,
+            "mix": "m-llama",
+            "languages": ["zh", "de"],
+            "allocation": str(alloc),
+            "parallel_sizes": {"de": 10},
+        }
+    )
     assert spec.parallel_sizes == {"en-de": 10, "en-zh": 30}  # explicit sizes win; ar is not in this mix
     _, manifest = build_mix(spec, progress=False)
     assert manifest["sizes"]["translation_en-zh"]["used"] == 30 and manifest["sizes"]["translation_en-de"]["used"] == 10
@@ -89,8 +102,12 @@ def test_x_llama_sample_mix_columns_and_translation_examples():
     rows = dataset.to_list()
     assert manifest["examples"] == len(rows) == sum(manifest["by_source"].values())
     assert set(manifest["by_source"]) == {"alpaca_en", "alpaca_zh", "translation"}
-    pairs = dict(zip((SAMPLE_DIR / "pairs.en-zh.en").read_text().splitlines(),
-                     (SAMPLE_DIR / "pairs.en-zh.zh").read_text().splitlines()))
+    pairs = dict(
+        zip(
+            (SAMPLE_DIR / "pairs.en-zh.en").read_text().splitlines(),
+            (SAMPLE_DIR / "pairs.en-zh.zh").read_text().splitlines(),
+        )
+    )
     translations = [r for r in rows if r["source"] == "translation"]
     assert translations and all(r["direction"] == "en-zh" and r["lang"] == "zh" for r in translations)
     for r in translations:
@@ -159,19 +176,33 @@ def test_cleaning_counts(tmp_path):
         ("The last good sentence.", "最后一个好句子。"),
     ]
     path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"translation": {"en": a, "zh": b}}, ensure_ascii=False) + "\n" for a, b in pairs))
+    path.write_text(
+        "".join(json.dumps({"translation": {"en": a, "zh": b}}, ensure_ascii=False) + "\n" for a, b in pairs)
+    )
     guard = tmp_path / "eval.txt"
     guard.write_text("Held out evaluation sentence number one.\n评测集中的第二个句子，不能用于训练。\n")
     instructions = tmp_path / "instr.json"
-    instructions.write_text(json.dumps([
-        {"instruction": "Say hi.", "input": "", "output": "Hi."},
-        {"instruction": "Say hi.", "input": "", "output": "Hi."},
-        {"instruction": "Empty answer.", "input": "", "output": "  "},
-        {"instruction": "Repeat.", "input": "Held out evaluation sentence number one.", "output": "Done."},
-        {"instruction": "Explain.", "input": "", "output": "Some text. Held out evaluation sentence number one. More."},
-    ]))
-    spec = {"mix": "custom", "instructions": {"en": str(instructions)}, "parallel": {"en-zh": str(path)},
-            "guard": [str(guard)]}
+    instructions.write_text(
+        json.dumps(
+            [
+                {"instruction": "Say hi.", "input": "", "output": "Hi."},
+                {"instruction": "Say hi.", "input": "", "output": "Hi."},
+                {"instruction": "Empty answer.", "input": "", "output": "  "},
+                {"instruction": "Repeat.", "input": "Held out evaluation sentence number one.", "output": "Done."},
+                {
+                    "instruction": "Explain.",
+                    "input": "",
+                    "output": "Some text. Held out evaluation sentence number one. More.",
+                },
+            ]
+        )
+    )
+    spec = {
+        "mix": "custom",
+        "instructions": {"en": str(instructions)},
+        "parallel": {"en-zh": str(path)},
+        "guard": [str(guard)],
+    }
     dataset, manifest = build(spec)
     assert manifest["removed_by_source"]["translation_en-zh"] == {"contamination": 2, "duplicates": 2, "filtered": 3}
     assert manifest["removed_by_source"]["alpaca_en"] == {"contamination": 2, "duplicates": 1, "filtered": 1}
@@ -187,19 +218,27 @@ def test_guard_removes_flores_from_real_alma_pairs(shared):
     """ALMA's zh-en training pairs contain FLORES-200 devtest: all of it must go, and nothing else breaks."""
     part = str(shared / "data/instructions/alpaca-en-zh/alpaca_chinese_part_0.json")
     flores = shared / "data/eval/flores101/devtest"
-    spec = {"languages": ["zh"], "instructions": {"en": part, "zh": part},
-            "parallel": {"en-zh": str(shared / "data/parallel/alma-human-written/zhen")}, "guard": [str(flores)]}
+    spec = {
+        "languages": ["zh"],
+        "instructions": {"en": part, "zh": part},
+        "parallel": {"en-zh": str(shared / "data/parallel/alma-human-written/zhen")},
+        "guard": [str(flores)],
+    }
     dataset, manifest = build(spec)
     assert manifest["removed"]["contamination"] >= 1012
     assert manifest["contamination_by_guard"] == {str(flores): manifest["removed"]["contamination"]}
     assert manifest["contamination_samples"][0]["origin"].startswith(str(shared / "data/parallel"))
-    held_out = {normalize(s) for code in ("eng", "zho_simpl")
-                for s in (flores / f"{code}.devtest").read_text().splitlines()}
+    held_out = {
+        normalize(s) for code in ("eng", "zho_simpl") for s in (flores / f"{code}.devtest").read_text().splitlines()
+    }
     columns = dataset.to_dict()
     assert not held_out & {normalize(t) for t in columns["input"] + columns["output"]}
     _, unguarded = build({**spec, "guard_enabled": False})
     assert unguarded["removed"]["contamination"] == 0
-    assert unguarded["by_source"]["translation"] - manifest["by_source"]["translation"] == manifest["removed"]["contamination"]
+    assert (
+        unguarded["by_source"]["translation"] - manifest["by_source"]["translation"]
+        == manifest["removed"]["contamination"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------- on disk
@@ -211,8 +250,18 @@ def test_write_and_load_mix(tmp_path):
     write_mix(dataset, manifest, out, progress=False)
     loaded, loaded_manifest = load_mix(out)
     assert loaded.to_dict() == dataset.to_dict() and loaded_manifest == manifest
-    for key in ("examples", "by_source", "by_lang", "by_direction", "removed", "seed", "content_hash", "spec",
-                "sources", "guard"):
+    for key in (
+        "examples",
+        "by_source",
+        "by_lang",
+        "by_direction",
+        "removed",
+        "seed",
+        "content_hash",
+        "spec",
+        "sources",
+        "guard",
+    ):
         assert key in loaded_manifest, key
     assert isinstance(loaded_manifest["examples"], int)
     assert set(loaded_manifest["removed"]) == {"contamination", "duplicates", "filtered"}

@@ -29,7 +29,11 @@ def test_alpaca_json_array(shared):
     data = load_instructions(str(shared / INSTR / "alpaca-tiny/alpaca_tiny.json"), "en")
     raw = json.loads((shared / INSTR / "alpaca-tiny/alpaca_tiny.json").read_text())
     assert len(data) == len(raw) == 100
-    assert (data.instruction[0], data.input[0], data.output[0]) == (raw[0]["instruction"], raw[0]["input"], raw[0]["output"])
+    assert (data.instruction[0], data.input[0], data.output[0]) == (
+        raw[0]["instruction"],
+        raw[0]["input"],
+        raw[0]["output"],
+    )
     assert data.origin[5].endswith("alpaca_tiny.json:record 6")
     assert data.provenance["schema"] == "alpaca"
     assert data.provenance["files"][0]["bytes"] > 0 and len(data.provenance["files"][0]["blake2b"]) == 32
@@ -74,6 +78,15 @@ def test_aligned_german_alpaca(shared):
     en = load_instructions(str(shared / INSTR / "alpaca-de/tasks_translated_en.json"), "en")
     de = load_instructions(str(shared / INSTR / "alpaca-de/translated_tasks_de_openai_12k.json"), "de")
     assert len(en) == len(de) == 12000
+
+
+def test_json_file_holding_json_lines(tmp_path):
+    path = tmp_path / "hub_style.json"
+    path.write_text(
+        '{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "c", "input": "", "output": "d"}\n'
+    )
+    data = load_instructions(str(path), "en")
+    assert data.output == ["b", "d"] and data.origin[1].endswith("hub_style.json:line 2")
 
 
 def test_natural_key():
@@ -214,24 +227,45 @@ def _parquet(path, columns: dict):
 def hub_mirror(tmp_path, monkeypatch):
     """Local files laid out like the Hub repos (see HUB_SOURCES.md), served through XLLAMA_HUB_MIRROR."""
     mirror = tmp_path / "mirror"
-    _parquet(mirror / "tatsu-lab/alpaca/default/train/0000.parquet", {
-        "instruction": ["Name a colour.", "Add the numbers."], "input": ["", "2 and 3"],
-        "output": ["Blue.", "5"], "text": ["...", "..."],
-    })
+    _parquet(
+        mirror / "tatsu-lab/alpaca/default/train/0000.parquet",
+        {
+            "instruction": ["Name a colour.", "Add the numbers."],
+            "input": ["", "2 and 3"],
+            "output": ["Blue.", "5"],
+            "text": ["...", "..."],
+        },
+    )
     bactrian = mirror / "MBZUAI/Bactrian-X/data/zh.json.gz"
     bactrian.parent.mkdir(parents=True)
     with gzip.open(bactrian, "wt", encoding="utf-8") as f:
-        for i, (rid, ins) in enumerate([("alpaca-0", "说出一种颜色。"), ("dolly-0", "什么是光？"), ("alpaca-1", "把数字相加。")]):
-            f.write(json.dumps({"instruction": ins, "input": "", "id": rid, "output": f"答案{i}"}, ensure_ascii=False) + "\n")
-    _parquet(mirror / "sentence-transformers/parallel-sentences-wikimatrix/en-zh/train/0000.parquet", {
-        "english": ["The cat sleeps.", "It rains today."], "non_english": ["猫在睡觉。", "今天下雨。"],
-    })
-    _parquet(mirror / "Helsinki-NLP/news_commentary/en-zh/train/0000.parquet", {
-        "id": ["0", "1"], "translation": [{"en": "Prices rose.", "zh": "价格上涨了。"}, {"en": "Trade fell.", "zh": "贸易下降了。"}],
-    })
-    _parquet(mirror / "Helsinki-NLP/opus-100/el-en/train/0000.parquet", {
-        "translation": [{"el": "Καλημέρα.", "en": "Good morning."}],
-    })
+        for i, (rid, ins) in enumerate(
+            [("alpaca-0", "说出一种颜色。"), ("dolly-0", "什么是光？"), ("alpaca-1", "把数字相加。")]
+        ):
+            f.write(
+                json.dumps({"instruction": ins, "input": "", "id": rid, "output": f"答案{i}"}, ensure_ascii=False)
+                + "\n"
+            )
+    _parquet(
+        mirror / "sentence-transformers/parallel-sentences-wikimatrix/en-zh/train/0000.parquet",
+        {
+            "english": ["The cat sleeps.", "It rains today."],
+            "non_english": ["猫在睡觉。", "今天下雨。"],
+        },
+    )
+    _parquet(
+        mirror / "Helsinki-NLP/news_commentary/en-zh/train/0000.parquet",
+        {
+            "id": ["0", "1"],
+            "translation": [{"en": "Prices rose.", "zh": "价格上涨了。"}, {"en": "Trade fell.", "zh": "贸易下降了。"}],
+        },
+    )
+    _parquet(
+        mirror / "Helsinki-NLP/opus-100/el-en/train/0000.parquet",
+        {
+            "translation": [{"el": "Καλημέρα.", "en": "Good morning."}],
+        },
+    )
     monkeypatch.setenv("XLLAMA_HUB_MIRROR", str(mirror))
     _private_cache(monkeypatch, tmp_path)
     return mirror

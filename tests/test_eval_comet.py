@@ -26,7 +26,6 @@ def build_tiny_comet(folder):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import XLMRobertaConfig, XLMRobertaTokenizerFast
 
-    M._ensure_pkg_resources()
     from comet.models import RegressionMetric
 
     encoder = folder / "encoder"

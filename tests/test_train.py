@@ -241,3 +241,22 @@ def test_shared_smollm2_gguf_trains_a_few_steps_and_saves(tmp_path, records, smo
 
     model = AutoModelForCausalLM.from_pretrained(run / "final")
     assert model.config.num_hidden_layers == 30
+
+
+def test_quickstart_command_runs_end_to_end(tmp_path, capsys):
+    """The README's first command, shortened to a few steps: sample mix -> BPE tokenizer -> tiny Llama -> model."""
+    out = tmp_path / "qs"
+    assert main(["train", "--recipe", "quickstart", "--lang", "zh", "--out", str(out), "--max-steps", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+    manifest = json.loads((out / "data/manifest.json").read_text())
+    assert manifest["by_source"]["translation"] > 0 and manifest["by_source"]["alpaca_zh"] > 0
+    assert (out / "final/model.safetensors").is_file() and (out / "final/tokenizer.json").is_file()
+    # a second start on the same directory must not silently overwrite it
+    assert main(["train", "--recipe", "quickstart", "--lang", "zh", "--out", str(out)]) == 2
+
+
+def test_dry_run_builds_and_reports_the_mix(tmp_path, capsys):
+    assert main(["train", "--recipe", "quickstart", "--lang", "zh,de", "--out", str(tmp_path / "d"), "--dry-run"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["manifest"]["examples"] == report["tokenized"]["examples"] + report["tokenized"]["dropped_no_target"]
+    assert set(report["manifest"]["by_lang"]) >= {"zh", "de", "en"}

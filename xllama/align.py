@@ -7,6 +7,11 @@ cosine similarity of translation pairs, the same for mismatched pairs, the margi
 retrieval accuracy (is the translation the nearest neighbour among all candidates, both directions). Layer 0
 is the embedding output; layer L the last block's output as transformers returns it (after the final norm).
 
+Every metric comes twice: on the raw pooled vectors, and "centered" (each language's mean vector over the
+evaluated sentences subtracted per layer, as in Libovický et al. 2020). LLM hidden states are highly
+anisotropic (every pair of sentences has cosine ~0.9 in the middle layers), so raw margins are tiny; centering
+removes the shared direction and the language-identity offset and leaves the semantic alignment.
+
 Example: xllama align --model base/ --model tuned/ --pairs en-zh,en-de --data flores101 --out runs/align
 """
 
@@ -25,9 +30,6 @@ from xllama.errors import XllamaError
 
 log = logging.getLogger(__name__)
 
-METRICS = ("pair_cosine", "mismatch_cosine", "margin", "retrieval_src_to_tgt", "retrieval_tgt_to_src")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Pooling: one vector per sentence and layer
 
@@ -35,7 +37,7 @@ METRICS = ("pair_cosine", "mismatch_cosine", "margin", "retrieval_src_to_tgt", "
 def pool_layers(hidden_states, pool_mask):
     """Mean-pool each layer over the positions ``pool_mask`` marks: [layers][batch, seq, h] -> [layers, batch, h].
 
-    The mean is over REAL tokens only (padding, and by default special tokens, excluded). The x-LLM reference
+    The mean is over REAL tokens only (``pool_mask`` is 0 on padding). The x-LLM reference
     analysis (as reported in xllama issue 7) sums over the padded sequence and divides by the padded length,
     so a sentence's vector shrinks and picks up pad states depending on its batch-mates; here a sentence gets
     the same vector alone or in any batch. Pooling happens where the hidden states are (the GPU for big
@@ -74,22 +76,27 @@ def encode_sentences(
     batch_size: int = 16,
     max_length: int | None = 512,
     padding_side: str = "right",
-    include_special_tokens: bool = False,
+    pool_tokens: str = "text",
     desc: str | None = None,
     where: str = "input",
 ) -> PooledSentences:
     """Run ``model`` over ``sentences`` in length-sorted padded batches; return per-layer mean-pooled vectors.
 
-    Special tokens (BOS, EOS) are kept in the input, as the model expects them, but left out of the mean by
-    default: a BOS state is the same for every sentence and in LLaMA-style models carries huge activations
-    that would make every sentence look alike. Position ids follow the attention mask so left padding does
-    not shift positions.
+    ``pool_tokens``: "text" (default) averages the text tokens: padding, special tokens (BOS, EOS) and the
+    first position are left out (they stay in the input, as the model expects them). The first position is
+    the attention sink: its state carries "massive activations" (Sun et al. 2024; norm ~24,000 vs ~160 for
+    other tokens in SmolLM2's middle layers) that would dominate the mean and make every sentence look
+    alike. With a BOS token that position is the BOS; without one (SmolLM2) it is the first word.
+    "all" averages every non-padding token. Position ids follow the attention mask, so left padding does not
+    shift positions (which matters for models with absolute position embeddings).
     """
     import torch
     from tqdm.auto import tqdm
 
     if padding_side not in ("left", "right"):
         raise XllamaError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if pool_tokens not in ("text", "all"):
+        raise XllamaError(f"pool_tokens must be 'text' or 'all', got {pool_tokens!r}")
     encoded = tokenizer(
         sentences,
         add_special_tokens=True,
@@ -100,10 +107,16 @@ def encode_sentences(
     ids, special = encoded["input_ids"], encoded["special_tokens_mask"]
     untruncated = tokenizer(sentences, add_special_tokens=True)["input_ids"] if max_length else ids
     truncated = sum(len(full) > len(cut) for full, cut in zip(untruncated, ids))
-    keep = [[1 if include_special_tokens else 1 - s for s in mask] for mask in special]
+    if pool_tokens == "all":
+        keep = [[1] * len(mask) for mask in special]
+    else:
+        keep = [[0] + [1 - s for s in mask[1:]] for mask in special]
     for i, k in enumerate(keep):
         if sum(k) == 0:
-            raise XllamaError(f"{where}: sentence {i + 1} has no tokens to pool (empty line?): {sentences[i]!r}")
+            raise XllamaError(
+                f"{where}: sentence {i + 1} has no tokens to pool (empty, or a single token: the first position is "
+                f"left out; pass --pool-tokens all to keep it): {sentences[i]!r}"
+            )
 
     base, accepts_positions = _model_inputs(model)
     device = next(model.parameters()).device
@@ -182,10 +195,17 @@ def layer_metrics(src, tgt, chunk_size: int = 2048) -> dict[str, float]:
     }
 
 
-def alignment_metrics(src_vectors, tgt_vectors) -> list[dict]:
-    """Per-layer metrics for [layers, n, hidden] source and target vectors."""
+def alignment_metrics(src_vectors, tgt_vectors, center: bool = False) -> list[dict]:
+    """Per-layer metrics for [layers, n, hidden] source and target vectors.
+
+    ``center``: subtract each side's mean vector (over its n sentences) per layer first, so what is left is
+    how a sentence differs from its language's average sentence.
+    """
     if src_vectors.shape != tgt_vectors.shape:
         raise XllamaError(f"source and target vectors differ in shape: {tuple(src_vectors.shape)} vs {tuple(tgt_vectors.shape)}")
+    if center:
+        src_vectors = src_vectors - src_vectors.mean(dim=1, keepdim=True)
+        tgt_vectors = tgt_vectors - tgt_vectors.mean(dim=1, keepdim=True)
     return [{"layer": layer, **layer_metrics(src_vectors[layer], tgt_vectors[layer])} for layer in range(src_vectors.shape[0])]
 
 
@@ -279,50 +299,53 @@ def model_labels(specs: list[str], labels: list[str] | None) -> list[str]:
 
 
 def plot_alignment(report: dict, path: str | os.PathLike) -> None:
-    """One curve per (model, pair) across layers: pair cosine (dotted: mismatched), margin, retrieval accuracy.
+    """One curve per (model, pair) across layers: cosine (dotted: mismatched), margin, retrieval accuracy;
+    top row on the raw vectors, bottom row centered.
 
-    Colour tells curves apart, the marker tells models apart (base vs tuned stays readable in greyscale).
+    Color tells curves apart, the marker tells models apart (base vs tuned stays readable in greyscale).
     Written atomically; uses matplotlib's object API (no pyplot), so no display or global backend is touched.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    curves = [(m["label"], name, pair["layers"]) for m in report["models"] for name, pair in m["pairs"].items()]
+    curves = [(m["label"], name, pair) for m in report["models"] for name, pair in m["pairs"].items()]
     markers = "osD^vP*Xh<>"
     model_names = list(dict.fromkeys(label for label, _, _ in curves))
-    fig = Figure(figsize=(17, 5.6), layout="constrained")
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(17, 10), layout="constrained")
+    grid = fig.subplots(2, 3, sharex=True)
     panels = [
-        ("Cosine similarity (solid: translations, dotted: mismatched)", "cosine similarity"),
-        ("Margin: translation cosine − mismatched cosine", "margin"),
-        ("Retrieval accuracy (mean of both directions)", "top-1 accuracy"),
+        ("cosine (solid: translations, dotted: mismatched)", "cosine similarity"),
+        ("margin: translation − mismatched cosine", "margin"),
+        ("retrieval accuracy (mean of both directions)", "top-1 accuracy"),
     ]
-    for ax, (title, ylabel) in zip(axes, panels):
-        ax.set_title(title, fontsize=12)
-        ax.set_xlabel("layer (0 = embeddings)", fontsize=11)
-        ax.set_ylabel(ylabel, fontsize=11)
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.tick_params(labelsize=10)
-    colours = [f"C{i % 10}" for i in range(len(curves))]
-    for (label, name, layers), colour in zip(curves, colours):
-        x = [row["layer"] for row in layers]
-        marker = markers[model_names.index(label) % len(markers)]
-        style = {"color": colour, "marker": marker, "markersize": 4 if len(x) <= 48 else 0, "linewidth": 1.8}
-        axes[0].plot(x, [r["pair_cosine"] for r in layers], label=f"{label} · {name}", **style)
-        axes[0].plot(x, [r["mismatch_cosine"] for r in layers], color=colour, linestyle=":", linewidth=1.4)
-        axes[1].plot(x, [r["margin"] for r in layers], **style)
-        retrieval = [(r["retrieval_src_to_tgt"] + r["retrieval_tgt_to_src"]) / 2 for r in layers]
-        axes[2].plot(x, retrieval, **style)
-    axes[1].axhline(0.0, color="black", linewidth=0.8)
-    axes[2].set_ylim(-0.02, 1.02)
+    for row, (kind, key) in enumerate((("raw", "layers"), ("centered", "layers_centered"))):
+        axes = grid[row]
+        for ax, (title, ylabel) in zip(axes, panels):
+            ax.set_title(f"{kind}: {title}", fontsize=12)
+            ax.set_ylabel(ylabel, fontsize=11)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=10, labelbottom=True)
+            if row == 1:
+                ax.set_xlabel("layer (0 = embeddings)", fontsize=11)
+        for i, (label, name, pair) in enumerate(curves):
+            layers = pair[key]
+            x = [r["layer"] for r in layers]
+            marker = markers[model_names.index(label) % len(markers)]
+            style = {"color": f"C{i % 10}", "marker": marker, "markersize": 4 if len(x) <= 48 else 0, "linewidth": 1.8}
+            axes[0].plot(x, [r["pair_cosine"] for r in layers], label=f"{label} · {name}" if row == 0 else None, **style)
+            axes[0].plot(x, [r["mismatch_cosine"] for r in layers], color=style["color"], linestyle=":", linewidth=1.4)
+            axes[1].plot(x, [r["margin"] for r in layers], **style)
+            axes[2].plot(x, [(r["retrieval_src_to_tgt"] + r["retrieval_tgt_to_src"]) / 2 for r in layers], **style)
+        axes[1].axhline(0.0, color="black", linewidth=0.8)
+        axes[2].set_ylim(-0.02, 1.02)
     sizes = sorted({p["sentences"] for m in report["models"] for p in m["pairs"].values()})
     data = report["data"]
     where = f"{data['flores']} {data['split']}" if "flores" in data else "aligned files"
     fig.suptitle(
         f"Cross-lingual representation alignment by layer — {where}, "
         f"{'/'.join(map(str, sizes))} sentence pairs, mean-pooled hidden states",
-        fontsize=13,
+        fontsize=14,
     )
     fig.legend(loc="outside lower center", ncol=min(4, len(curves)), fontsize=11, frameon=False)
     path = Path(path)
@@ -358,8 +381,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--include-special-tokens", action="store_true",
-                        help="pool BOS/EOS states too (default: real text tokens only)")
+    parser.add_argument("--pool-tokens", default="text", choices=["text", "all"],
+                        help="text (default): mean over text tokens, leaving out special tokens and the first "
+                             "position (the attention sink); all: every non-padding token")
     parser.add_argument("--out", required=True, help="directory for alignment.json and alignment.png")
 
 
@@ -405,7 +429,7 @@ def run(args) -> int:
             if key not in cache:
                 cache[key] = encode_sentences(
                     model, tokenizer, sentences, batch_size=args.batch_size, max_length=max_length,
-                    include_special_tokens=args.include_special_tokens, desc=f"{label} {lang}", where=where,
+                    pool_tokens=args.pool_tokens, desc=f"{label} {lang}", where=where,
                 )
             pooled = cache[key]
             uses[key] -= 1
@@ -423,6 +447,7 @@ def run(args) -> int:
                 "mean_tokens": {"source": round(src.mean_tokens, 2), "target": round(tgt.mean_tokens, 2)},
                 "truncated": {"source": src.truncated, "target": tgt.truncated},
                 "layers": alignment_metrics(src.vectors, tgt.vectors),
+                "layers_centered": alignment_metrics(src.vectors, tgt.vectors, center=True),
             }
         first_pair = next(iter(pairs.values()))["layers"]
         models.append({
@@ -456,8 +481,10 @@ def run(args) -> int:
             "limit": args.limit,
             "batch_size": args.batch_size,
             "max_length": args.max_length,
-            "pooling": "mean over real tokens (attention mask)"
-                       + (", special tokens included" if args.include_special_tokens else ", special tokens excluded"),
+            "pool_tokens": args.pool_tokens,
+            "pooling": "mean over non-padding tokens"
+                       + (", special tokens and the first position excluded" if args.pool_tokens == "text" else ""),
+            "centered": "layers_centered: each language's mean vector over these sentences subtracted per layer",
             "layer_0": "embedding output; the last layer is after the final norm",
         },
         "data": data,
@@ -468,13 +495,15 @@ def run(args) -> int:
     plot_alignment(report, out / "alignment.png")
     for m in models:
         for name, pair in m["pairs"].items():
-            layers = pair["layers"]
-            best = max(layers, key=lambda r: r["margin"])
-            best_r = max(layers, key=lambda r: r["retrieval_src_to_tgt"] + r["retrieval_tgt_to_src"])
-            print(
-                f"{m['label']} {name}: margin peaks at layer {best['layer']} ({best['margin']:.3f}); retrieval "
-                f"peaks at layer {best_r['layer']} ({best_r['retrieval_src_to_tgt']:.2f} {name} / "
-                f"{best_r['retrieval_tgt_to_src']:.2f} back); n={pair['sentences']}"
-            )
+            for kind in ("layers", "layers_centered"):
+                layers = pair[kind]
+                best = max(layers, key=lambda r: r["margin"])
+                best_r = max(layers, key=lambda r: r["retrieval_src_to_tgt"] + r["retrieval_tgt_to_src"])
+                print(
+                    f"{m['label']} {name} {'raw' if kind == 'layers' else 'centered'}: margin peaks at layer "
+                    f"{best['layer']} ({best['margin']:.3f}); retrieval at layer {best_r['layer']} "
+                    f"({best_r['retrieval_src_to_tgt']:.2f} {name}, {best_r['retrieval_tgt_to_src']:.2f} back); "
+                    f"n={pair['sentences']}"
+                )
     print(f"wrote {out / 'alignment.json'} and {out / 'alignment.png'}")
     return 0

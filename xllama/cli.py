@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name == module_name:  # stage not installed in this build
                 continue
             raise
-        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
     return parser

@@ -124,6 +124,10 @@ def spec_dict_from_args(args: argparse.Namespace) -> tuple[dict, str]:
         d["sample"] = True
     if args.lang:
         d["languages"] = [code.strip() for code in args.lang.split(",") if code.strip()]
+        if "{lang}" in json.dumps(d):  # a training recipe's per-language templates, as `xllama train` expands them
+            from xllama.train.config import expand_languages
+
+            d = expand_languages(d, d["languages"])
     if args.mix:
         d["mix"] = args.mix
     elif args.lang and d.get("mix") in (None, "x-llama", "m-llama"):

@@ -125,6 +125,8 @@ class MixSpec:
                 raise XllamaError(f"{at('languages')}: expected a list of language codes, got {value!r}")
             for i, item in enumerate(items):
                 code = _language(item, f"{at('languages')}[{i}]")
+                if code == "en" and spec.mix == "alpaca":
+                    continue  # the English-only baseline: nothing to add
                 if code == "en":
                     raise XllamaError(f"{at('languages')}[{i}]: list target languages only (English is always in)")
                 if code not in spec.languages:
@@ -279,7 +281,8 @@ def _choice(value, choices, where):
 
 def _int(value, where, minimum=None):
     if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
-        raise XllamaError(f"{where}: expected an integer{f' >= {minimum}' if minimum is not None else ''}, got {value!r}")
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise XllamaError(f"{where}: expected an integer{bound}, got {value!r}")
     return value
 
 
@@ -314,7 +317,9 @@ def _mapping(value, where) -> dict:
 def _locations(value, where) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
-        raise XllamaError(f"{where}: expected a location (path or hf:owner/name[:config]) or a list of them, got {value!r}")
+        raise XllamaError(
+            f"{where}: expected a location (path or hf:owner/name[:config]) or a list of them, got {value!r}"
+        )
     return [v.strip() for v in items]
 
 
@@ -487,6 +492,10 @@ def build_mix(spec: MixSpec, progress: bool = True):
     guard = ContaminationGuard(guard_sets) if guard_sets else None
     if spec.guard_enabled and not guard_sets:
         log.warning("no evaluation set registered (guard): nothing is checked for contamination")
+    unused = [f"instructions.{lang}" for lang in spec.instructions if lang not in instruction_langs]
+    unused += [f"parallel.{pair}" for pair in spec.parallel if pair not in pairs]
+    if unused:
+        log.warning("mix %s does not use %s", spec.mix, ", ".join(unused))
     cleaner = _Cleaner(spec, guard)
 
     columns = {c: [] for c in COLUMNS}
@@ -585,7 +594,8 @@ def build_mix(spec: MixSpec, progress: bool = True):
         "by_source": dict(sorted(Counter(columns["source"]).items())),
         "by_lang": dict(sorted(Counter(columns["lang"]).items())),
         "by_direction": {k: v for k, v in sorted(Counter(columns["direction"]).items()) if k},
-        "groups": [{"source": s, "lang": lang, "direction": d, "examples": c} for (s, lang, d), c in sorted(groups.items())],
+        "groups": [{"source": s, "lang": lang, "direction": d, "examples": c}
+                   for (s, lang, d), c in sorted(groups.items())],
         "removed": _sum_removed(removed_by_source),
         "removed_by_source": removed_by_source,
         "contamination_by_guard": dict(cleaner.by_guard),
@@ -595,6 +605,7 @@ def build_mix(spec: MixSpec, progress: bool = True):
         "content_hash": digest,
         "spec": spec.to_dict(),
         "allocation": spec.allocation,
+        "unused_sources": unused,
         "sources": sources_info,
         "guard": [g.provenance for g in guard_sets],
         "xllama_version": __version__,

@@ -42,14 +42,19 @@ def _check_languages(languages) -> list[str]:
     return langs
 
 
-def sample_spec(languages=("zh",), mix: str | None = None, seed: int = 42):
-    """A MixSpec over the shipped sample: x-llama for one language, m-llama for several, or ``mix``."""
+def sample_spec(languages=("zh",), mix: str | None = None, seed: int = 42, **settings):
+    """A MixSpec over the shipped sample: x-llama for one language, m-llama for several, or ``mix``.
+
+    ``settings`` are any other MixSpec keys (sizes, directions, ...); the same as ``MixSpec.from_dict`` with
+    ``sample: true``.
+    """
     from xllama.data.mix import MixSpec
 
     langs = _check_languages(languages)
     if mix is None:
         mix = "m-llama" if len(langs) > 1 else "x-llama"
-    return MixSpec.from_dict({"mix": mix, "languages": langs, "seed": seed, "sample": True}, where="sample")
+    d = {**settings, "mix": mix, "languages": langs, "seed": seed, "sample": True}
+    return MixSpec.from_dict(d, where="sample")
 
 
 def fill_from_sample(spec, where: str) -> None:

@@ -122,21 +122,7 @@ def read_records(path: Path, cache: dict | None = None) -> tuple[list[tuple[str,
         else:
             records = list(_iter_gz_jsonl(path))
     elif suffix in (".json", ".json.gz"):
-        if suffix == ".json":
-            doc = read_json(path)
-        else:
-            try:
-                with gzip.open(path, "rt", encoding="utf-8") as f:
-                    doc = json.load(f)
-            except json.JSONDecodeError as e:
-                raise XllamaError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from None
-        if not isinstance(doc, list):
-            raise XllamaError(f"{path}: expected a JSON array of records, got a JSON {type(doc).__name__}")
-        records = []
-        for n, r in enumerate(doc, 1):
-            if not isinstance(r, dict):
-                raise XllamaError(f"{path}: record {n}: expected a JSON object, got {type(r).__name__}")
-            records.append((f"record {n}", r))
+        records = _json_records(path)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -149,18 +135,47 @@ def read_records(path: Path, cache: dict | None = None) -> tuple[list[tuple[str,
     return result
 
 
+def _json_records(path: Path) -> list[tuple[str, dict]]:
+    """A JSON array of objects; a '.json' file that is really JSON Lines (common on the Hub) is read as such."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            text = f.read()
+    else:
+        if not path.is_file():
+            raise XllamaError(f"file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):
+            return list(_jsonl_lines(path, text.split("\n")))
+        raise XllamaError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from None
+    if not isinstance(doc, list):
+        raise XllamaError(f"{path}: expected a JSON array of records, got a JSON {type(doc).__name__}")
+    records = []
+    for n, r in enumerate(doc, 1):
+        if not isinstance(r, dict):
+            raise XllamaError(f"{path}: record {n}: expected a JSON object, got {type(r).__name__}")
+        records.append((f"record {n}", r))
+    return records
+
+
+def _jsonl_lines(path: Path, lines):
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise XllamaError(f"{path}: line {n}: malformed JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise XllamaError(f"{path}: line {n}: expected a JSON object, got {type(record).__name__}")
+        yield f"line {n}", record
+
+
 def _iter_gz_jsonl(path: Path):
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise XllamaError(f"{path}: line {n}: malformed JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise XllamaError(f"{path}: line {n}: expected a JSON object, got {type(record).__name__}")
-            yield f"line {n}", record
+        yield from _jsonl_lines(path, f)
 
 
 def _text(value, where: str, key: str) -> str:
@@ -356,7 +371,8 @@ def moses_files(path: Path, src: str, tgt: str) -> tuple[Path, Path] | None:
     """The Moses-style pair (PREFIX.src, PREFIX.tgt) named by ``path``: a folder (``train.*`` preferred),
     a prefix such as ``zhen/train.zh-en``, or one of the two files; None when ``path`` is none of these."""
     if path.is_dir():
-        prefixes = [p.name[: -len(src) - 1] for p in sorted(path.iterdir()) if p.is_file() and p.name.endswith(f".{src}")]
+        names = [p.name for p in sorted(path.iterdir()) if p.is_file()]
+        prefixes = [n[: -len(src) - 1] for n in names if n.endswith(f".{src}")]
         prefixes = [p for p in prefixes if (path / f"{p}.{tgt}").is_file()]
         if not prefixes:
             return None
@@ -509,7 +525,8 @@ def _load_hub_parallel(repo: str, config: str | None, data: ParallelData) -> Non
             data.source = [p[src] for p in pairs]
             data.target = [p[tgt] for p in pairs]
         except (KeyError, TypeError):
-            raise XllamaError(f"{where}: 'translation' records lack {src!r} or {tgt!r} (first: {pairs[0]!r:.200})") from None
+            first = repr(pairs[0])[:200]
+            raise XllamaError(f"{where}: 'translation' records lack {src!r} or {tgt!r} (first: {first})") from None
     elif schema == "columns":
         data.source, data.target = list(ds[src]), list(ds[tgt])
     else:

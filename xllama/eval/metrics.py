@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import sys
-import types
 from pathlib import Path
 from typing import Sequence
 
@@ -204,38 +203,6 @@ def off_target_rate(hyps: Sequence[str], tgt: str) -> float:
 # --------------------------------------------------------------------------------------------- COMET/BLEURT
 
 
-def _ensure_pkg_resources() -> None:
-    """unbabel-comet's torchmetrics 0.10 imports ``pkg_resources``, which setuptools >= 81 no longer ships.
-
-    Where it is missing, register a minimal stand-in built on importlib.metadata (the three names those
-    packages use), so COMET works on current environments; with setuptools < 81 the real one is used.
-    """
-    try:
-        import pkg_resources  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-    from importlib import metadata
-
-    from packaging.version import Version
-
-    class DistributionNotFound(Exception):
-        pass
-
-    def get_distribution(name: str):
-        try:
-            return types.SimpleNamespace(project_name=name, version=metadata.version(name))
-        except metadata.PackageNotFoundError:
-            raise DistributionNotFound(name) from None
-
-    module = types.ModuleType("pkg_resources")
-    module.DistributionNotFound = DistributionNotFound
-    module.get_distribution = get_distribution
-    module.parse_version = Version
-    sys.modules["pkg_resources"] = module
-
-
 def _default_gpus(gpus: int | None) -> int:
     if gpus is not None:
         return gpus
@@ -276,7 +243,6 @@ def resolve_comet_checkpoint(model: str) -> Path:
 @functools.lru_cache(maxsize=2)
 def _load_comet(checkpoint: str):
     """Load a COMET model once per process (several translation directions reuse it)."""
-    _ensure_pkg_resources()
     from comet import load_from_checkpoint
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):

@@ -24,7 +24,7 @@ QA_INSTRUCTION = (
     "Answer the question based on the passage. Reply with a short answer taken from the passage."
 )
 QA_INPUT = "Passage: {context}\nQuestion: {question}"
-QA_PROMPT_NAME = "alpaca-qa"
+QA_PROMPT_NAME = "alpaca"  # the prompt family; the exact template is stored in results["extra"]
 DEFAULT_MAX_NEW_TOKENS = 64
 
 

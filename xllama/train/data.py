@@ -30,18 +30,12 @@ def task_module(task: str):
 def load_text(recipe):
     from xllama.data.mix import MixSpec, build_mix, load_mix
 
-    data = dict(recipe.data)
+    data = recipe.data
     if "path" in data:
         if set(data) != {"path"}:
             raise XllamaError(f"recipe.data: with 'path' (a built mix) no other key is allowed, got {sorted(data)}")
         return load_mix(data["path"])
-    if data.pop("sample", False):
-        from xllama.data.sample import sample_spec
-
-        spec = sample_spec(data.pop("languages", ["zh"]), **data)
-    else:
-        spec = MixSpec.from_dict(data, where="recipe.data")
-    return build_mix(spec)
+    return build_mix(MixSpec.from_dict(data, where="recipe.data"))
 
 
 def texts(dataset):

@@ -1,0 +1,341 @@
+"""Examples/s of tokenisation with response-only label masks: xllama's way vs the reference code's way.
+
+Data: the x-LLaMA Chinese mix built by xllama's own mixer from the shared data (Alpaca en + Alpaca zh + ALMA
+zh-en pairs posed as en->zh translation instructions, FLORES-101/XQuAD guard), first ``--examples`` rows.
+Tokenizer: the shared SmolLM2 tokenizer (``xllama.modeling.load_tokenizer`` on the GGUF file).
+
+- xllama: ``xllama.data.tokenize.encode_pairs``: prompts and responses tokenised separately, in large batches,
+  by the Rust fast tokenizer; the mask is the prompt length (labels = -100 over the prompt).
+- reference: Stanford Alpaca's ``preprocess`` (copied by x-LLM): a *slow* pure-Python tokenizer, one string at
+  a time, tokenising the source and source+target separately and masking ``len(tokenize(source))`` tokens.
+  The slow tokenizer is a ``transformers.GPT2Tokenizer`` built from the fast tokenizer's own vocab and merges
+  (checked to give the same ids on every text of the reference subsample). It is slow, so it is timed on the
+  first ``--reference-examples`` examples of the same rows; both are reported in examples/s.
+
+Both ways run in the same process, one after the other, ``--repeats`` times each (median reported). Then the
+labels of the two ways are compared: on the reference subsample against the slow tokenizer's real output, and
+on all rows with the reference's rule applied by the fast tokenizer.
+
+    python benchmarks/data/bench_tokenize.py                      # 100K examples, reference on 2,000
+    python benchmarks/data/bench_tokenize.py --examples 20000 --reference-examples 500 --repeats 1
+
+Prints a Markdown table; ``--json FILE`` also writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))  # run from a checkout without installing
+
+from xllama.io import atomic_write_json, shared_dir  # noqa: E402
+
+IGNORE_INDEX = -100
+
+
+# --- data and tokenizers -----------------------------------------------------------------------------------
+
+def zh_mix_spec(shared: Path) -> dict:
+    """The x-LLaMA zh mix over the shared data: the same keys as recipes/data/x-llama-zh-shared.yaml."""
+    return {
+        "mix": "x-llama",
+        "languages": ["zh"],
+        "instructions": {"en": str(shared / "data/instructions/alpaca-en-zh"),
+                         "zh": str(shared / "data/instructions/alpaca-en-zh")},
+        "parallel": {"en-zh": str(shared / "data/parallel/alma-human-written/zhen")},
+        "guard": [str(shared / "data/eval/flores101/devtest"), str(shared / "data/eval/xquad")],
+        "directions": "en-x",
+        "seed": 42,
+    }
+
+
+def build_zh_mix(shared: Path):
+    from xllama.data.mix import MixSpec, build_mix
+
+    return build_mix(MixSpec.from_dict(zh_mix_spec(shared), where="benchmark mix"), progress=False)
+
+
+def slow_tokenizer_like(fast, workdir: Path):
+    """A pure-Python ``GPT2Tokenizer`` with the fast tokenizer's byte-level BPE (vocab, merges, special tokens)."""
+    from transformers import GPT2Tokenizer
+
+    spec = json.loads(fast.backend_tokenizer.to_str())
+    model, pre = spec["model"], spec.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
+        raise SystemExit(f"the slow reference needs a byte-level BPE (GPT-2 regex); got model {model.get('type')}, "
+                         f"pre-tokenizer {pre.get('type')}")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (workdir / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    # GPT2Tokenizer skips the first line (a version header) and the last one (empty after the final newline).
+    (workdir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    specials = [t["content"] for t in spec["added_tokens"] if t.get("special")]
+    named = {fast.bos_token, fast.eos_token, fast.pad_token, fast.unk_token}
+    return GPT2Tokenizer(
+        str(workdir / "vocab.json"), str(workdir / "merges.txt"),
+        unk_token=fast.unk_token or fast.eos_token, bos_token=fast.bos_token or fast.eos_token,
+        eos_token=fast.eos_token, pad_token=fast.pad_token,
+        additional_special_tokens=[t for t in specials if t not in named],
+        add_prefix_space=False, add_bos_token=bool(getattr(fast, "add_bos_token", False)),
+    )
+
+
+# --- the two ways --------------------------------------------------------------------------------------------
+
+def xllama_way(tokenizer, instructions, inputs, outputs, max_length):
+    """xllama: Alpaca prompts, then ``encode_pairs`` (batched Rust tokenizer; the mask is the prompt length)."""
+    from xllama.data.tokenize import encode_pairs
+    from xllama.prompts import alpaca_prompt
+
+    prompts = [alpaca_prompt(i, x) for i, x in zip(instructions, inputs)]
+    ids, prompt_lengths, _ = encode_pairs(tokenizer, prompts, outputs, max_length)
+    return ids, prompt_lengths
+
+
+def label_lists(ids, prompt_lengths):
+    """What xllama's collation derives from (ids, prompt_length): labels with the prompt set to -100."""
+    return [[IGNORE_INDEX] * p + x[p:] for x, p in zip(ids, prompt_lengths)]
+
+
+def reference_way(tokenizer, instructions, inputs, outputs, max_length):
+    """Stanford Alpaca's ``preprocess`` (train.py, as copied by x-LLM), step for step: one string at a time,
+    ``return_tensors="pt"``, source and source+target tokenised separately, ``len(source)`` tokens masked."""
+    from xllama.prompts import alpaca_prompt
+
+    def tokenize_fn(strings):
+        tokenized_list = [
+            tokenizer(text, return_tensors="pt", padding="longest", max_length=max_length, truncation=True)
+            for text in strings
+        ]
+        input_ids = [tokenized.input_ids[0] for tokenized in tokenized_list]
+        input_ids_lens = [tokenized.input_ids.ne(tokenizer.pad_token_id).sum().item() for tokenized in tokenized_list]
+        return input_ids, input_ids_lens
+
+    sources = [alpaca_prompt(i, x) for i, x in zip(instructions, inputs)]
+    targets = [f"{output}{tokenizer.eos_token}" for output in outputs]
+    examples = [s + t for s, t in zip(sources, targets)]
+    input_ids, _ = tokenize_fn(examples)
+    _, source_lens = tokenize_fn(sources)
+    labels = copy.deepcopy(input_ids)
+    for label, source_len in zip(labels, source_lens):
+        label[:source_len] = IGNORE_INDEX
+    return input_ids, labels
+
+
+def reference_rule_fast(tokenizer, instructions, inputs, outputs, max_length):
+    """The reference's labels computed with the fast tokenizer (batched): joint ids, len(source) masked."""
+    from xllama.data.tokenize import batch_encode
+    from xllama.prompts import alpaca_prompt
+
+    sources = [alpaca_prompt(i, x) for i, x in zip(instructions, inputs)]
+    joint = batch_encode(tokenizer, [s + o + tokenizer.eos_token for s, o in zip(sources, outputs)], True)
+    source_ids = batch_encode(tokenizer, sources, True)
+    out = []
+    for ids, src in zip(joint, source_ids):
+        ids = ids[:max_length]
+        n = min(len(src), max_length)
+        out.append((ids, [IGNORE_INDEX] * n + ids[n:]))
+    return out
+
+
+# --- comparison ----------------------------------------------------------------------------------------------
+
+def compare(reference: list[tuple[list[int], list[int]]], xllama_ids, xllama_plen, prompt_tokens: list[int],
+            max_length: int, tokenizer) -> dict:
+    """Classify every example: same ids and labels; dropped by xllama (its prompt alone fills max_length);
+    first difference within 2 tokens of the prompt/response boundary (separate vs joint tokenisation); other."""
+    counts = {"same_labels": 0, "xllama_dropped": 0, "boundary": 0, "other": 0}
+    samples = []
+    kept = iter(zip(xllama_ids, xllama_plen))  # encode_pairs keeps the order and drops prompts >= max_length
+    for j, (ref_ids, ref_labels) in enumerate(reference):
+        if prompt_tokens[j] >= max_length:
+            counts["xllama_dropped"] += 1
+            continue
+        ids, p = next(kept)
+        labels = [IGNORE_INDEX] * p + ids[p:]
+        if ids == ref_ids and labels == ref_labels:
+            counts["same_labels"] += 1
+            continue
+        first = min(_first_difference(ids, ref_ids), _first_difference(labels, ref_labels))
+        kind = "boundary" if abs(first - p) <= 2 else "other"
+        counts[kind] += 1
+        if len(samples) < 5:
+            a = max(p - 3, 0)
+            samples.append({
+                "example": j, "kind": kind, "first_difference": first, "prompt_tokens_xllama": p,
+                "masked_tokens_reference": sum(1 for y in ref_labels if y == IGNORE_INDEX),
+                "xllama_tokens": tokenizer.convert_ids_to_tokens(ids[a: p + 3]),
+                "reference_tokens": tokenizer.convert_ids_to_tokens(ref_ids[a: p + 3]),
+            })
+    return {"examples": len(reference), **counts, "agreement": counts["same_labels"] / max(len(reference), 1),
+            "samples": samples}
+
+
+def _first_difference(a: list, b: list) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+# --- timing and reporting ------------------------------------------------------------------------------------
+
+def timed(fn, repeats: int):
+    seconds, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        seconds.append(time.perf_counter() - start)
+    return result, seconds
+
+
+def machine() -> dict:
+    import tokenizers
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "python": platform.python_version(), "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default=None, help="the shared data folder (default: $XLLAMA_SHARED or ../shared)")
+    parser.add_argument("--tokenizer", default=None, help="default: the shared SmolLM2 GGUF")
+    parser.add_argument("--examples", type=int, default=100_000, help="rows of the mix tokenised by xllama")
+    parser.add_argument("--reference-examples", type=int, default=2_000, help="rows timed with the slow reference")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3, help="timings per way (the median is reported)")
+    parser.add_argument("--json", metavar="FILE", help="also write all figures as JSON")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from xllama.modeling import load_tokenizer
+
+    shared = Path(args.shared) if args.shared else shared_dir()
+    tokenizer_spec = args.tokenizer or str(shared / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    load_before = os.getloadavg()
+
+    started = time.perf_counter()
+    dataset, manifest = build_zh_mix(shared)
+    n = min(args.examples, len(dataset))
+    rows = dataset.select(range(n)).to_dict()
+    instructions, inputs, outputs = rows["instruction"], rows["input"], rows["output"]
+    print(f"mix: {len(dataset):,} examples {manifest['by_source']} in {time.perf_counter() - started:.1f}s; "
+          f"using the first {n:,}", flush=True)
+
+    started = time.perf_counter()
+    fast = load_tokenizer(tokenizer_spec)
+    print(f"tokenizer: {type(fast).__name__} from {Path(tokenizer_spec).name} in {time.perf_counter() - started:.1f}s",
+          flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
+    slow = slow_tokenizer_like(fast, workdir)
+
+    # xllama's way on all n examples.
+    (ids, plen), xllama_s = timed(lambda: xllama_way(fast, instructions, inputs, outputs, args.max_length),
+                                  args.repeats)
+    _, labels_s = timed(lambda: label_lists(ids, plen), args.repeats)
+    print(f"xllama encode_pairs: {n:,} examples in {statistics.median(xllama_s):.2f}s (median of {args.repeats})",
+          flush=True)
+
+    # The reference's way on the first m examples.
+    m = min(args.reference_examples, n)
+    sub = (instructions[:m], inputs[:m], outputs[:m])
+    (ref_ids, ref_labels), reference_s = timed(lambda: reference_way(slow, *sub, args.max_length), args.repeats)
+    print(f"reference (slow tokenizer, one at a time): {m:,} examples in {statistics.median(reference_s):.2f}s",
+          flush=True)
+    # Same code with the fast tokenizer: separates "slow tokenizer" from "one example at a time". On a copy:
+    # `tokenizer(..., padding=..., truncation=...)` leaves padding/truncation switched on in the Rust backend,
+    # which the batched calls below would then inherit.
+    fast_copy = copy.deepcopy(fast)
+    _, reference_fast_s = timed(lambda: reference_way(fast_copy, *sub, args.max_length), args.repeats)
+    assert fast.backend_tokenizer.padding is None and fast.backend_tokenizer.truncation is None
+
+    # Check 1: the slow tokenizer is the same tokenizer (ids of every reference text equal the fast one's).
+    from xllama.data.tokenize import batch_encode
+    from xllama.prompts import alpaca_prompt
+
+    sources = [alpaca_prompt(i, x) for i, x in zip(*sub[:2])]
+    joint_texts = [s + o + fast.eos_token for s, o in zip(sources, sub[2])]
+    fast_joint = [x[: args.max_length] for x in batch_encode(fast, joint_texts, True)]
+    slow_equal = sum(a.tolist() == b for a, b in zip(ref_ids, fast_joint))
+
+    # Check 2: labels, reference (slow, real output) vs xllama, on the subsample ...
+    prompt_tokens = [len(x) for x in batch_encode(fast, [alpaca_prompt(i, x) for i, x in zip(instructions, inputs)],
+                                                  True)]
+    reference_sub = [(a.tolist(), b.tolist()) for a, b in zip(ref_ids, ref_labels)]
+    ours_sub_ids, ours_sub_plen = xllama_way(fast, *sub, args.max_length)
+    agreement_sub = compare(reference_sub, ours_sub_ids, ours_sub_plen, prompt_tokens[:m], args.max_length, fast)
+    # ... and on all n examples with the reference's rule applied by the fast tokenizer.
+    reference_all = reference_rule_fast(fast, instructions, inputs, outputs, args.max_length)
+    agreement_all = compare(reference_all, ids, plen, prompt_tokens, args.max_length, fast)
+
+    x_med, r_med, rf_med = (statistics.median(s) for s in (xllama_s, reference_s, reference_fast_s))
+    lab_med = statistics.median(labels_s)
+    xllama_eps, reference_eps, reference_fast_eps = n / x_med, m / r_med, m / rf_med
+    with_labels_eps = n / (x_med + lab_med)
+    result = {
+        "machine": {**machine(), "load_average_before": [round(x, 2) for x in load_before]},
+        "tokenizer": tokenizer_spec, "max_length": args.max_length, "mix_examples": len(dataset),
+        "mix_by_source": manifest["by_source"], "examples": n, "reference_examples": m, "repeats": args.repeats,
+        "xllama": {"seconds": xllama_s, "examples_per_s": xllama_eps,
+                   "with_label_lists_examples_per_s": with_labels_eps, "label_lists_seconds": labels_s},
+        "reference": {"seconds": reference_s, "examples_per_s": reference_eps},
+        "reference_fast_tokenizer": {"seconds": reference_fast_s, "examples_per_s": reference_fast_eps},
+        "speedup": xllama_eps / reference_eps,
+        "slow_equals_fast": {"texts": m, "identical": slow_equal},
+        "agreement_reference_subsample": agreement_sub,
+        "agreement_all_reference_rule_fast": agreement_all,
+    }
+    mach = result["machine"]
+    spread = lambda s: f"{min(s):.2f}–{max(s):.2f}"  # noqa: E731
+    table = "\n".join([
+        f"x-LLaMA zh mix (shared data), SmolLM2 tokenizer, max length {args.max_length}; {mach['cpu']}, "
+        f"{mach['cpu_cores']} cores (load average before {load_before[0]:.1f}, after {mach['load_average'][0]:.1f}); "
+        f"median of {args.repeats} timings",
+        "",
+        "| way | examples timed | seconds (median, range) | examples/s | vs reference |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| reference: Alpaca `preprocess`, slow GPT2Tokenizer, one at a time | {m:,} | {r_med:.2f} ({spread(reference_s)}) "
+        f"| {reference_eps:,.0f} | 1.0x |",
+        f"| same code, fast tokenizer (for context) | {m:,} | {rf_med:.2f} ({spread(reference_fast_s)}) "
+        f"| {reference_fast_eps:,.0f} | {reference_fast_eps / reference_eps:.1f}x |",
+        f"| **xllama `encode_pairs`** (ids + prompt_length) | {n:,} | {x_med:.2f} ({spread(xllama_s)}) "
+        f"| **{xllama_eps:,.0f}** | **{xllama_eps / reference_eps:.1f}x** |",
+        f"| xllama + explicit label lists | {n:,} | {x_med + lab_med:.2f} | {with_labels_eps:,.0f} "
+        f"| {with_labels_eps / reference_eps:.1f}x |",
+        "",
+        f"Slow tokenizer check: {slow_equal:,}/{m:,} reference texts give ids identical to the fast tokenizer's.",
+        "",
+        "| label agreement | examples | same labels | boundary differences | dropped by xllama | other |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ] + [
+        f"| {name} | {a['examples']:,} | {a['same_labels']:,} ({a['agreement']:.2%}) | {a['boundary']:,} "
+        f"| {a['xllama_dropped']:,} | {a['other']:,} |"
+        for name, a in (("reference (slow) on its subsample", agreement_sub),
+                        ("reference rule (fast) on all rows", agreement_all))
+    ]) + "\n"
+    print()
+    print(table)
+    for s in (agreement_all["samples"] or agreement_sub["samples"])[:3]:
+        print(f"example {s['example']} ({s['kind']}): xllama {s['xllama_tokens']} | reference {s['reference_tokens']}")
+    if args.json:
+        atomic_write_json(Path(args.json), result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""ALMA stage 2 with the best checkpoint chosen by validation loss.
+
+The training engine has no evaluation hook, so this driver wraps its public API: it trains with a checkpoint at
+every epoch boundary (``train.save_every`` = steps per epoch), then scores each epoch's checkpoint and the final
+model on the validation pairs stored in the run's data (``data.valid`` of the recipe), and keeps the best as
+``<out>/best``: a symlink to ``final`` when the last epoch wins, else that checkpoint exported the way the
+trainer exports ``final`` (Hugging Face format; for LoRA the adapter plus a merged copy). ``validation.json``
+records every candidate's loss, overall and per direction.
+
+Examples:
+  python -m xllama.alma.stage2 --recipe alma-quickstart-stage2 --model runs/alma-stage1/final --out runs/alma-stage2
+  accelerate launch --config_file recipes/accelerate/fsdp.yaml -m xllama.alma.stage2 --recipe alma-7b-stage2 \\
+      --out runs/alma-7b-stage2
+  python -m xllama.alma.stage2 --recipe alma-7b-lora --out runs/alma-7b-lora --resume   # after an interruption
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from xllama.errors import XllamaError
+
+log = logging.getLogger(__name__)
+
+VALIDATION = "validation.json"
+BEST = "best"
+
+
+def with_epoch_checkpoints(recipe, steps_per_epoch: int):
+    """The recipe with a checkpoint at every epoch boundary, and enough of them kept (plus one for an
+    interruption checkpoint) that none is deleted before it is scored."""
+    epochs = math.ceil(recipe.train.epochs)
+    train = dataclasses.replace(recipe.train, save_every=steps_per_epoch,
+                                keep_checkpoints=max(recipe.train.keep_checkpoints, epochs + 1))
+    return dataclasses.replace(recipe, train=train)
+
+
+def _saved_recipe(run):
+    import yaml
+
+    from xllama.train.config import Recipe, from_dict, validate
+
+    if not run.config.is_file():
+        raise XllamaError(f"{run.config} not found: no run was started in {run.root}")
+    saved = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    return validate(from_dict(Recipe, saved, where=str(run.config)), where=str(run.config))
+
+
+def _check_recipe(recipe) -> None:
+    from xllama.alma.data import PARALLEL, parse_spec
+
+    if recipe.task != PARALLEL:
+        raise XllamaError(f"recipe {recipe.name!r} has task {recipe.task!r}; checkpoint selection is for "
+                          f"{PARALLEL} (stage 2). Train stage 1 with `xllama train`.")
+    if not parse_spec(recipe).valid:
+        raise XllamaError(f"recipe {recipe.name!r}: data.valid is empty; checkpoint selection needs validation "
+                          "pairs, e.g. valid: {de-en: ../shared/data/parallel/alma-human-written/deen/valid.de-en.json}")
+
+
+def train_and_select(recipe, run_dir, resume: bool = False, stop_after: int | None = None) -> dict:
+    """Train stage 2 (or resume it), then select the best checkpoint by validation loss. Returns the trainer's
+    summary plus ``best_model`` and ``validation`` (the candidates' losses)."""
+    from accelerate import PartialState
+    from datasets import load_from_disk
+
+    from xllama.train.packing import steps_per_epoch
+    from xllama.train.trainer import RunDir, prepare_data, train
+
+    run = RunDir(Path(run_dir))
+    if resume:
+        recipe = _saved_recipe(run)
+    _check_recipe(recipe)
+    state = PartialState()
+    if resume and run.summary.is_file() and json.loads(run.summary.read_text())["status"] == "completed":
+        log.info("%s: training already completed; selecting the best checkpoint", run.root)
+        summary = json.loads(run.summary.read_text())
+    else:
+        if state.is_main_process:  # the data first: its size fixes the epoch length (the trainer reuses it)
+            run.root.mkdir(parents=True, exist_ok=True)
+            prepare_data(recipe, run)
+        state.wait_for_everyone()
+        per_epoch = steps_per_epoch(len(load_from_disk(str(run.tokenized))), recipe.train.global_batch_size)
+        if not resume:
+            recipe = with_epoch_checkpoints(recipe, per_epoch)
+        summary = train(recipe, run, resume=resume, stop_after=stop_after)
+        if summary["status"] != "completed":
+            return summary
+    selection = select_best(run)
+    return {**summary, "best_model": selection["best_model"], "validation": selection}
+
+
+def select_best(run) -> dict:
+    """Score every epoch checkpoint and the final model of a finished run; write ``validation.json`` and
+    ``best``. Every rank takes part (sharded models need all of them); the main process writes."""
+    import torch
+    from accelerate import Accelerator
+    from datasets import load_from_disk
+
+    from xllama.alma.validate import validation_loss, validation_set
+    from xllama.io import atomic_write_json
+    from xllama.modeling import load_tokenizer
+    from xllama.train.packing import steps_per_epoch
+    from xllama.train.trainer import choose_device, save_final
+
+    recipe = _saved_recipe(run)
+    summary = json.loads(run.summary.read_text())
+    if summary["status"] != "completed" or not run.final.is_dir():
+        raise XllamaError(f"{run.root}: training has not completed; finish it with --resume first")
+    final_step = int(summary["steps"])
+    per_epoch = steps_per_epoch(len(load_from_disk(str(run.tokenized))), recipe.train.global_batch_size)
+    use_cpu = choose_device(recipe)
+    mixed = "bf16" if recipe.train.precision == "bf16" and not use_cpu else "no"
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)
+    tokenizer = load_tokenizer(str(run.tokenizer))
+    valid, valid_stats = validation_set(run.data, tokenizer, recipe.train.max_length)
+
+    candidates = []
+    for path in run.checkpoints.glob("step-*"):
+        step = int(path.name.split("-")[1])
+        if step % per_epoch == 0 and step < final_step and (path / "trainer_state.json").is_file():
+            candidates.append((path.name, step, path))
+    candidates.sort(key=lambda c: c[1])
+    candidates.append(("final", final_step, run.final))
+
+    results = []
+    for name, step, path in candidates:
+        model = accelerator.prepare(_candidate_model(recipe, tokenizer, use_cpu, path, final=name == "final"))
+        if name != "final":
+            accelerator.load_state(str(path))
+        scores = validation_loss(model, valid, tokenizer.pad_token_id, batch_tokens=recipe.train.micro_batch_tokens,
+                                 device=accelerator.device, progress=accelerator.is_main_process,
+                                 desc=f"validating {name}")
+        results.append({"name": name, "step": step, "epoch": round(step / per_epoch, 4), "path": str(path), **scores})
+        log.info("%s (epoch %.2f): validation loss %.4f", name, step / per_epoch, scores["loss"])
+        del model
+        accelerator.free_memory()
+
+    best = min(results, key=lambda r: (r["loss"], -r["step"]))
+    target = run.root / BEST
+    if best["name"] == "final":
+        if accelerator.is_main_process:
+            _link(target, run.final.name)
+    else:  # export the winning checkpoint the way the trainer exports final/
+        model = accelerator.prepare(_candidate_model(recipe, tokenizer, use_cpu, Path(best["path"]), final=False))
+        accelerator.load_state(best["path"])
+        save_final(accelerator, model, tokenizer, recipe, SimpleNamespace(final=target))
+        del model
+        accelerator.free_memory()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    selection = {"best": best["name"], "best_model": str(target), "metric": "validation loss (target tokens)",
+                 "steps_per_epoch": per_epoch, "valid": valid_stats, "candidates": results}
+    if accelerator.is_main_process:
+        atomic_write_json(run.root / VALIDATION, selection)
+    accelerator.wait_for_everyone()
+    return selection
+
+
+def _candidate_model(recipe, tokenizer, use_cpu: bool, path: Path, final: bool):
+    """A model shaped like the trained one: for a checkpoint, the recipe's model (its weights come from
+    ``load_state``); for final/, the saved weights (full model, or the recipe's base plus the saved adapter)."""
+    from xllama.train.trainer import build_model
+
+    if not final:
+        return build_model(recipe, tokenizer, use_cpu)
+    if recipe.lora.enabled:
+        from peft import set_peft_model_state_dict
+        from peft.utils import load_peft_weights
+
+        model = build_model(recipe, tokenizer, use_cpu)
+        result = set_peft_model_state_dict(model, load_peft_weights(str(path / "adapter")))
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise XllamaError(f"{path / 'adapter'}: adapter weights do not fit the recipe's model ({unexpected[:3]})")
+        return model
+    model_config = dataclasses.replace(recipe.model, name_or_path=str(path), init=None)
+    return build_model(dataclasses.replace(recipe, model=model_config, lora=dataclasses.replace(recipe.lora,
+                                                                                               enabled=False)),
+                       tokenizer, use_cpu)
+
+
+def _link(target: Path, name: str) -> None:
+    """Point ``target`` at its sibling ``name`` (a relative symlink, replaced atomically)."""
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(name, tmp)
+    os.replace(tmp, target)
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--recipe", required=True, help="a stage-2 recipe: alma-7b-stage2, alma-7b-lora, "
+                        "alma-quickstart-stage2, or a YAML path")
+    parser.add_argument("--lang", help="keep only pairs with these languages, e.g. de,zh")
+    parser.add_argument("--model", help="override model.name_or_path (e.g. your stage-1 run's final/)")
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out (training or selection)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set train.learning_rate=1e-5 (repeatable)")
+    parser.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
+
+
+def run(args) -> int:
+    from xllama.languages import parse_languages
+    from xllama.train.config import load_recipe
+
+    overrides = list(args.set)
+    if args.model:
+        overrides += [f"model.name_or_path={args.model}", "model.init=null"]
+    if args.max_steps:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    languages = parse_languages(args.lang) if args.lang else None
+    recipe = load_recipe(args.recipe, overrides, languages=languages)
+    summary = train_and_select(recipe, args.out, resume=args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=2))
+    if "validation" in summary:
+        for c in summary["validation"]["candidates"]:
+            print(f"{c['name']:>12}  epoch {c['epoch']:<6g} validation loss {c['loss']:.4f}")
+        print(f"best: {summary['validation']['best']} -> {summary['best_model']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xllama.alma.stage2", description=__doc__.strip(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return run(args)
+    except XllamaError as e:
+        print(f"xllama.alma.stage2: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
