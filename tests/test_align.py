@@ -31,7 +31,12 @@ GERMAN = [
     "Kinder spielten im Park Fußball.",
     "Der Fluss überflutete das Dorf nach starkem Regen.",
 ]
-CHINESE = ["猫睡在温暖的窗台上。", "我们坐早班火车进城。", "科学家在雨林中发现了一种新的青蛙。", "我的祖母每个星期天早上烤面包。"]
+CHINESE = [
+    "猫睡在温暖的窗台上。",
+    "我们坐早班火车进城。",
+    "科学家在雨林中发现了一种新的青蛙。",
+    "我的祖母每个星期天早上烤面包。",
+]
 TINY_LLAMA = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2}
 
@@ -78,7 +83,8 @@ def test_pooled_vector_is_the_mean_of_the_chosen_positions(model, tokenizer, poo
     with torch.inference_mode():
         states = model.model(input_ids=ids, output_hidden_states=True).hidden_states
     expected = torch.stack([layer[0, first:].mean(dim=0) for layer in states])
-    got = encode_sentences(model, tokenizer, [sentence, ENGLISH[0]], batch_size=2, pool_tokens=pool_tokens).vectors[:, 0]
+    pooled = encode_sentences(model, tokenizer, [sentence, ENGLISH[0]], batch_size=2, pool_tokens=pool_tokens)
+    got = pooled.vectors[:, 0]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 

@@ -9,7 +9,7 @@ is the embedding output; layer L the last block's output as transformers returns
 
 Every metric comes twice: on the raw pooled vectors, and "centered" (each language's mean vector over the
 evaluated sentences subtracted per layer, as in Libovický et al. 2020). LLM hidden states are highly
-anisotropic (every pair of sentences has cosine ~0.9 in the middle layers), so raw margins are tiny; centering
+anisotropic (in SmolLM2's middle layers any two sentences have cosine 0.8-0.9), so raw margins are tiny; centering
 removes the shared direction and the language-identity offset and leaves the semantic alignment.
 
 Example: xllama align --model base/ --model tuned/ --pairs en-zh,en-de --data flores101 --out runs/align
@@ -202,11 +202,16 @@ def alignment_metrics(src_vectors, tgt_vectors, center: bool = False) -> list[di
     how a sentence differs from its language's average sentence.
     """
     if src_vectors.shape != tgt_vectors.shape:
-        raise XllamaError(f"source and target vectors differ in shape: {tuple(src_vectors.shape)} vs {tuple(tgt_vectors.shape)}")
+        raise XllamaError(
+            f"source and target vectors differ in shape: {tuple(src_vectors.shape)} vs {tuple(tgt_vectors.shape)}"
+        )
     if center:
         src_vectors = src_vectors - src_vectors.mean(dim=1, keepdim=True)
         tgt_vectors = tgt_vectors - tgt_vectors.mean(dim=1, keepdim=True)
-    return [{"layer": layer, **layer_metrics(src_vectors[layer], tgt_vectors[layer])} for layer in range(src_vectors.shape[0])]
+    return [
+        {"layer": layer, **layer_metrics(src_vectors[layer], tgt_vectors[layer])}
+        for layer in range(src_vectors.shape[0])
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -332,8 +337,10 @@ def plot_alignment(report: dict, path: str | os.PathLike) -> None:
             layers = pair[key]
             x = [r["layer"] for r in layers]
             marker = markers[model_names.index(label) % len(markers)]
-            style = {"color": f"C{i % 10}", "marker": marker, "markersize": 4 if len(x) <= 48 else 0, "linewidth": 1.8}
-            axes[0].plot(x, [r["pair_cosine"] for r in layers], label=f"{label} · {name}" if row == 0 else None, **style)
+            style = {"color": f"C{i % 10}", "marker": marker, "markersize": 4 if len(x) <= 48 else 0,
+                     "linewidth": 1.8}
+            legend = f"{label} · {name}" if row == 0 else None
+            axes[0].plot(x, [r["pair_cosine"] for r in layers], label=legend, **style)
             axes[0].plot(x, [r["mismatch_cosine"] for r in layers], color=style["color"], linestyle=":", linewidth=1.4)
             axes[1].plot(x, [r["margin"] for r in layers], **style)
             axes[2].plot(x, [(r["retrieval_src_to_tgt"] + r["retrieval_tgt_to_src"]) / 2 for r in layers], **style)
@@ -341,7 +348,11 @@ def plot_alignment(report: dict, path: str | os.PathLike) -> None:
         axes[2].set_ylim(-0.02, 1.02)
     sizes = sorted({p["sentences"] for m in report["models"] for p in m["pairs"].values()})
     data = report["data"]
-    where = f"{data['flores']} {data['split']}" if "flores" in data else "aligned files"
+    if "flores" in data:  # a named version ("flores101 devtest") or the tail of a local folder
+        parts = Path(data["flores"]).parts
+        where = "/".join(parts[-2:]) if len(parts) > 1 else f"{data['flores']} {data['split']}"
+    else:
+        where = f"{Path(data['src_file']).name} / {Path(data['tgt_file']).name}"
     fig.suptitle(
         f"Cross-lingual representation alignment by layer — {where}, "
         f"{'/'.join(map(str, sizes))} sentence pairs, mean-pooled hidden states",
@@ -367,7 +378,8 @@ def plot_alignment(report: dict, path: str | os.PathLike) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", required=True, metavar="M",
                         help="Hub id, local checkpoint or .gguf file; repeat to compare models on one chart")
-    parser.add_argument("--label", action="append", metavar="NAME", help="legend name per --model (default: from the path)")
+    parser.add_argument("--label", action="append", metavar="NAME",
+                        help="legend name per --model (default: from the path)")
     parser.add_argument("--pairs", default=None, help="comma-separated SRC-TGT pairs (default en-zh)")
     parser.add_argument("--data", default=None,
                         help="FLORES: 'flores101', 'flores200' (Hub) or a local folder such as "
@@ -377,7 +389,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tgt-file", help="its translations, line-aligned with --src-file")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N sentence pairs")
     parser.add_argument("--batch-size", type=int, default=16, help="sentences per forward pass (default 16)")
-    parser.add_argument("--max-length", type=int, default=512, help="truncate sentences to this many tokens (default 512)")
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="truncate sentences to this many tokens (default 512)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto: bfloat16 on GPU, float32 on CPU")

@@ -12,7 +12,8 @@ Tokenizer: the shared SmolLM2 tokenizer (``xllama.modeling.load_tokenizer`` on t
   (checked to give the same ids on every text of the reference subsample). It is slow, so it is timed on the
   first ``--reference-examples`` examples of the same rows; both are reported in examples/s.
 
-Both ways run in the same process, one after the other, ``--repeats`` times each (median reported). Then the
+Both ways run in the same process, one after the other, ``--repeats`` times each (median reported), with wall
+and CPU time (CPU time is less sensitive to other processes on a shared machine). Then the
 labels of the two ways are compared: on the reference subsample against the slow tokenizer's real output, and
 on all rows with the reference's rule applied by the fast tokenizer.
 
@@ -91,14 +92,26 @@ def slow_tokenizer_like(fast, workdir: Path):
 
 # --- the two ways --------------------------------------------------------------------------------------------
 
-def xllama_way(tokenizer, instructions, inputs, outputs, max_length):
-    """xllama: Alpaca prompts, then ``encode_pairs`` (batched Rust tokenizer; the mask is the prompt length)."""
+def xllama_way(tokenizer, instructions, inputs, outputs, max_length, batch_size=2000):
+    """xllama: Alpaca prompts, then ``encode_pairs`` (batched Rust tokenizer; the mask is the prompt length), in
+    batches of ``tokenize_instructions``' default size."""
     from xllama.data.tokenize import encode_pairs
     from xllama.prompts import alpaca_prompt
 
-    prompts = [alpaca_prompt(i, x) for i, x in zip(instructions, inputs)]
-    ids, prompt_lengths, _ = encode_pairs(tokenizer, prompts, outputs, max_length)
+    ids, prompt_lengths = [], []
+    for k in range(0, len(outputs), batch_size):
+        prompts = [alpaca_prompt(i, x) for i, x in zip(instructions[k:k + batch_size], inputs[k:k + batch_size])]
+        batch_ids, batch_lengths, _ = encode_pairs(tokenizer, prompts, outputs[k:k + batch_size], max_length)
+        ids += batch_ids
+        prompt_lengths += batch_lengths
     return ids, prompt_lengths
+
+
+def xllama_pipeline(tokenizer, dataset, max_length):
+    """xllama's data stage as the trainer runs it: ``tokenize_instructions`` (datasets.map, Arrow output)."""
+    from xllama.data.tokenize import tokenize_instructions
+
+    return tokenize_instructions(dataset, tokenizer, max_length)[0]
 
 
 def label_lists(ids, prompt_lengths):
@@ -132,7 +145,8 @@ def reference_way(tokenizer, instructions, inputs, outputs, max_length):
 
 
 def reference_rule_fast(tokenizer, instructions, inputs, outputs, max_length):
-    """The reference's labels computed with the fast tokenizer (batched): joint ids, len(source) masked."""
+    """The reference's labels computed with the fast tokenizer (batched): joint ids, len(source) masked.
+    Returns ([(ids, labels)], source token counts before truncation)."""
     from xllama.data.tokenize import batch_encode
     from xllama.prompts import alpaca_prompt
 
@@ -144,7 +158,7 @@ def reference_rule_fast(tokenizer, instructions, inputs, outputs, max_length):
         ids = ids[:max_length]
         n = min(len(src), max_length)
         out.append((ids, [IGNORE_INDEX] * n + ids[n:]))
-    return out
+    return out, [len(src) for src in source_ids]
 
 
 # --- comparison ----------------------------------------------------------------------------------------------
@@ -187,12 +201,14 @@ def _first_difference(a: list, b: list) -> int:
 # --- timing and reporting ------------------------------------------------------------------------------------
 
 def timed(fn, repeats: int):
-    seconds, result = [], None
+    """(result, wall seconds per repeat, CPU seconds per repeat: all threads of this process)."""
+    seconds, cpu, result = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
         seconds.append(time.perf_counter() - start)
-    return result, seconds
+        cpu.append(time.process_time() - start_cpu)
+    return result, seconds, cpu
 
 
 def machine() -> dict:
@@ -217,7 +233,7 @@ def main(argv=None) -> int:
     parser.add_argument("--examples", type=int, default=100_000, help="rows of the mix tokenised by xllama")
     parser.add_argument("--reference-examples", type=int, default=2_000, help="rows timed with the slow reference")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3, help="timings per way (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=2, help="timings per way (the median is reported)")
     parser.add_argument("--json", metavar="FILE", help="also write all figures as JSON")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -243,90 +259,101 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     slow = slow_tokenizer_like(fast, workdir)
 
-    # xllama's way on all n examples.
-    (ids, plen), xllama_s = timed(lambda: xllama_way(fast, instructions, inputs, outputs, args.max_length),
-                                  args.repeats)
-    _, labels_s = timed(lambda: label_lists(ids, plen), args.repeats)
+    # xllama's way on all n examples: encode_pairs itself, and the datasets pipeline the trainer runs.
+    (ids, plen), xllama_s, xllama_cpu = timed(
+        lambda: xllama_way(fast, instructions, inputs, outputs, args.max_length), args.repeats)
+    _, labels_s, labels_cpu = timed(lambda: label_lists(ids, plen), args.repeats)
     print(f"xllama encode_pairs: {n:,} examples in {statistics.median(xllama_s):.2f}s (median of {args.repeats})",
           flush=True)
+    import datasets
+
+    datasets.disable_progress_bars()
+    subset = dataset.select(range(n))
+    tokenized, pipeline_s, pipeline_cpu = timed(lambda: xllama_pipeline(fast, subset, args.max_length), args.repeats)
+    assert tokenized["input_ids"] == ids and tokenized["prompt_length"] == plen, "pipeline and encode_pairs differ"
+    del tokenized
 
     # The reference's way on the first m examples.
     m = min(args.reference_examples, n)
     sub = (instructions[:m], inputs[:m], outputs[:m])
-    (ref_ids, ref_labels), reference_s = timed(lambda: reference_way(slow, *sub, args.max_length), args.repeats)
+    (ref_ids, ref_labels), reference_s, reference_cpu = timed(lambda: reference_way(slow, *sub, args.max_length),
+                                                              args.repeats)
     print(f"reference (slow tokenizer, one at a time): {m:,} examples in {statistics.median(reference_s):.2f}s",
           flush=True)
     # Same code with the fast tokenizer: separates "slow tokenizer" from "one example at a time". On a copy:
     # `tokenizer(..., padding=..., truncation=...)` leaves padding/truncation switched on in the Rust backend,
-    # which the batched calls below would then inherit.
+    # which batched calls on the same tokenizer would then inherit.
     fast_copy = copy.deepcopy(fast)
-    _, reference_fast_s = timed(lambda: reference_way(fast_copy, *sub, args.max_length), args.repeats)
+    _, reference_fast_s, reference_fast_cpu = timed(lambda: reference_way(fast_copy, *sub, args.max_length),
+                                                    args.repeats)
     assert fast.backend_tokenizer.padding is None and fast.backend_tokenizer.truncation is None
 
-    # Check 1: the slow tokenizer is the same tokenizer (ids of every reference text equal the fast one's).
-    from xllama.data.tokenize import batch_encode
-    from xllama.prompts import alpaca_prompt
-
-    sources = [alpaca_prompt(i, x) for i, x in zip(*sub[:2])]
-    joint_texts = [s + o + fast.eos_token for s, o in zip(sources, sub[2])]
-    fast_joint = [x[: args.max_length] for x in batch_encode(fast, joint_texts, True)]
-    slow_equal = sum(a.tolist() == b for a, b in zip(ref_ids, fast_joint))
-
-    # Check 2: labels, reference (slow, real output) vs xllama, on the subsample ...
-    prompt_tokens = [len(x) for x in batch_encode(fast, [alpaca_prompt(i, x) for i, x in zip(instructions, inputs)],
-                                                  True)]
+    # Check 1: the slow tokenizer is the same tokenizer: its ids of every source+target text equal the fast one's.
+    reference_all, prompt_tokens = reference_rule_fast(fast, instructions, inputs, outputs, args.max_length)
     reference_sub = [(a.tolist(), b.tolist()) for a, b in zip(ref_ids, ref_labels)]
-    ours_sub_ids, ours_sub_plen = xllama_way(fast, *sub, args.max_length)
-    agreement_sub = compare(reference_sub, ours_sub_ids, ours_sub_plen, prompt_tokens[:m], args.max_length, fast)
-    # ... and on all n examples with the reference's rule applied by the fast tokenizer.
-    reference_all = reference_rule_fast(fast, instructions, inputs, outputs, args.max_length)
+    slow_equal = sum(slow_ids == fast_ids for (slow_ids, _), (fast_ids, _) in zip(reference_sub, reference_all))
+    # Check 2: labels, xllama vs the reference (the slow tokenizer's real output) on the subsample, and vs the
+    # reference's rule applied by the fast tokenizer on all n examples.
+    agreement_sub = compare(reference_sub, *xllama_way(fast, *sub, args.max_length), prompt_tokens[:m],
+                            args.max_length, fast)
     agreement_all = compare(reference_all, ids, plen, prompt_tokens, args.max_length, fast)
 
-    x_med, r_med, rf_med = (statistics.median(s) for s in (xllama_s, reference_s, reference_fast_s))
-    lab_med = statistics.median(labels_s)
-    xllama_eps, reference_eps, reference_fast_eps = n / x_med, m / r_med, m / rf_med
-    with_labels_eps = n / (x_med + lab_med)
+    med = statistics.median
+    ways = {  # name -> (examples, wall seconds, cpu seconds)
+        "reference": (m, reference_s, reference_cpu),
+        "reference_fast_tokenizer": (m, reference_fast_s, reference_fast_cpu),
+        "xllama": (n, xllama_s, xllama_cpu),
+        "xllama_with_label_lists": (n, [a + b for a, b in zip(xllama_s, labels_s)],
+                                    [a + b for a, b in zip(xllama_cpu, labels_cpu)]),
+        "xllama_pipeline": (n, pipeline_s, pipeline_cpu),
+    }
+    figures = {name: {"examples": k, "seconds": wall, "cpu_seconds": cpu, "examples_per_s": k / med(wall),
+                      "examples_per_cpu_s": k / med(cpu)} for name, (k, wall, cpu) in ways.items()}
+    base = figures["reference"]["examples_per_s"]
     result = {
         "machine": {**machine(), "load_average_before": [round(x, 2) for x in load_before]},
         "tokenizer": tokenizer_spec, "max_length": args.max_length, "mix_examples": len(dataset),
         "mix_by_source": manifest["by_source"], "examples": n, "reference_examples": m, "repeats": args.repeats,
-        "xllama": {"seconds": xllama_s, "examples_per_s": xllama_eps,
-                   "with_label_lists_examples_per_s": with_labels_eps, "label_lists_seconds": labels_s},
-        "reference": {"seconds": reference_s, "examples_per_s": reference_eps},
-        "reference_fast_tokenizer": {"seconds": reference_fast_s, "examples_per_s": reference_fast_eps},
-        "speedup": xllama_eps / reference_eps,
+        **figures,
+        "speedup": figures["xllama"]["examples_per_s"] / base,
         "slow_equals_fast": {"texts": m, "identical": slow_equal},
         "agreement_reference_subsample": agreement_sub,
         "agreement_all_reference_rule_fast": agreement_all,
     }
     mach = result["machine"]
-    spread = lambda s: f"{min(s):.2f}–{max(s):.2f}"  # noqa: E731
-    table = "\n".join([
+    labels = {
+        "reference": "reference: Alpaca `preprocess`, slow GPT2Tokenizer, one example at a time",
+        "reference_fast_tokenizer": "same code with the fast tokenizer (for context)",
+        "xllama": "**xllama `encode_pairs`**, batches of 2,000 (ids + prompt_length)",
+        "xllama_with_label_lists": "xllama `encode_pairs` + explicit label lists",
+        "xllama_pipeline": "xllama `tokenize_instructions` (datasets.map, Arrow output: the trainer's path)",
+    }
+    lines = [
         f"x-LLaMA zh mix (shared data), SmolLM2 tokenizer, max length {args.max_length}; {mach['cpu']}, "
-        f"{mach['cpu_cores']} cores (load average before {load_before[0]:.1f}, after {mach['load_average'][0]:.1f}); "
+        f"{mach['cpu_cores']} cores, load average {load_before[0]:.1f} before, {mach['load_average'][0]:.1f} after; "
         f"median of {args.repeats} timings",
         "",
-        "| way | examples timed | seconds (median, range) | examples/s | vs reference |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        f"| reference: Alpaca `preprocess`, slow GPT2Tokenizer, one at a time | {m:,} | {r_med:.2f} ({spread(reference_s)}) "
-        f"| {reference_eps:,.0f} | 1.0x |",
-        f"| same code, fast tokenizer (for context) | {m:,} | {rf_med:.2f} ({spread(reference_fast_s)}) "
-        f"| {reference_fast_eps:,.0f} | {reference_fast_eps / reference_eps:.1f}x |",
-        f"| **xllama `encode_pairs`** (ids + prompt_length) | {n:,} | {x_med:.2f} ({spread(xllama_s)}) "
-        f"| **{xllama_eps:,.0f}** | **{xllama_eps / reference_eps:.1f}x** |",
-        f"| xllama + explicit label lists | {n:,} | {x_med + lab_med:.2f} | {with_labels_eps:,.0f} "
-        f"| {with_labels_eps / reference_eps:.1f}x |",
+        "| way | examples timed | wall s (median; range) | CPU s | examples/s | vs reference | examples/CPU-s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, f in figures.items():
+        eps = f["examples_per_s"]
+        bold = "**" if name == "xllama" else ""
+        lines.append(f"| {labels[name]} | {f['examples']:,} | {med(f['seconds']):.2f} ({min(f['seconds']):.2f}–"
+                     f"{max(f['seconds']):.2f}) | {med(f['cpu_seconds']):.2f} | {bold}{eps:,.0f}{bold} "
+                     f"| {bold}{eps / base:.1f}x{bold} | {f['examples_per_cpu_s']:,.0f} |")
+    lines += [
         "",
-        f"Slow tokenizer check: {slow_equal:,}/{m:,} reference texts give ids identical to the fast tokenizer's.",
+        f"Slow tokenizer check: {slow_equal:,}/{m:,} source+target texts give ids identical to the fast tokenizer's.",
         "",
-        "| label agreement | examples | same labels | boundary differences | dropped by xllama | other |",
+        "| labels: xllama vs | examples | same ids and labels | boundary differences | dropped by xllama | other |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ] + [
-        f"| {name} | {a['examples']:,} | {a['same_labels']:,} ({a['agreement']:.2%}) | {a['boundary']:,} "
-        f"| {a['xllama_dropped']:,} | {a['other']:,} |"
-        for name, a in (("reference (slow) on its subsample", agreement_sub),
-                        ("reference rule (fast) on all rows", agreement_all))
-    ]) + "\n"
+    ]
+    for name, a in (("reference (slow tokenizer), its subsample", agreement_sub),
+                    ("reference rule (fast tokenizer), all rows", agreement_all)):
+        lines.append(f"| {name} | {a['examples']:,} | {a['same_labels']:,} ({a['agreement']:.2%}) | {a['boundary']:,} "
+                     f"| {a['xllama_dropped']:,} | {a['other']:,} |")
+    table = "\n".join(lines) + "\n"
     print()
     print(table)
     for s in (agreement_all["samples"] or agreement_sub["samples"])[:3]:

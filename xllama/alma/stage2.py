@@ -91,7 +91,7 @@ def train_and_select(recipe, run_dir, resume: bool = False, stop_after: int | No
         per_epoch = steps_per_epoch(len(load_from_disk(str(run.tokenized))), recipe.train.global_batch_size)
         if not resume:
             recipe = with_epoch_checkpoints(recipe, per_epoch)
-        summary = train(recipe, run, resume=resume, stop_after=stop_after)
+        summary = train(recipe, run.root, resume=resume, stop_after=stop_after)
         if summary["status"] != "completed":
             return summary
     selection = select_best(run)

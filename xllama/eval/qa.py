@@ -64,10 +64,13 @@ def evaluate_qa(
     """Answer every question of ``data`` in each language with one model, score, write predictions and
     results; returns the results record."""
     from xllama.data.evalsets import load_squad
+    from xllama.modeling import resolve_model
     from xllama.eval.generate import decoding_settings, eos_token_ids, generate, load_for_generation
     from xllama.eval.qa_metrics import score_qa
     from xllama.eval.translation import data_slug, default_out_dir, generation_record, save_results
 
+    if model is None:
+        resolve_model(model_spec)  # a mistyped path fails now, before any data is read
     languages = parse_languages(langs)
     if limit is not None and limit < 1:
         raise XllamaError(f"--limit must be a positive number of questions (got {limit})")

@@ -103,10 +103,13 @@ def save_results(path: Path, record: dict) -> None:
             same = identity(old.model, old.data, old.prompt, old.decoding, old.extra) == identity(
                 record["model"], record["data"], record["prompt"], record["decoding"], record.get("extra", {}))
             if same:
+                outputs = record.setdefault("extra", {}).setdefault("outputs", {})
                 for group, scores in old.scores.items():
                     record["scores"].setdefault(group, scores)
                     if group in old.signatures:
                         record["signatures"].setdefault(group, old.signatures[group])
+                    if group in old.extra.get("outputs", {}):
+                        outputs.setdefault(group, old.extra["outputs"][group])
     write_results(path, record)
 
 
@@ -142,10 +145,13 @@ def evaluate_translation(
 ) -> dict:
     """Translate every direction in ``pairs`` with one model, score it, write outputs and results; returns the
     results record. ``model``/``tokenizer`` may be passed already loaded (``model_spec`` then only names it)."""
+    from xllama.modeling import resolve_model
     from xllama.eval.generate import decoding_settings, eos_token_ids, generate, load_for_generation
     from xllama.eval.metrics import parse_metrics, score_translation
     from xllama.prompts import PROMPT_STYLES, translation_prompt
 
+    if model is None:
+        resolve_model(model_spec)  # a mistyped path fails now, before any data is read
     directions = [parse_pair(p) for p in (pairs.split(",") if isinstance(pairs, str) else pairs) if p.strip()]
     if not directions:
         raise XllamaError(f"no translation direction given in {pairs!r}")
