@@ -213,3 +213,22 @@ def test_bad_arguments(model, tokenizer):
     assert generate(model, tokenizer, [], max_new_tokens=4) == []
     with pytest.raises(XllamaError, match="max_new_tokens"):
         generate(model, tokenizer, ["x"], max_new_tokens=0)
+
+
+def test_out_of_memory_halves_the_batch(model, tokenizer, prompts, monkeypatch):
+    expected = generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW, batch_size=1, progress=False)
+    real = G._generate_batch
+    sizes = []
+
+    def small_gpu(*args, **kwargs):
+        sizes.append(len(args[2]))
+        if len(args[2]) > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(G, "_generate_batch", small_gpu)
+    out = generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW, batch_size=len(prompts), progress=False)
+    assert out == expected
+    assert sizes[:3] == [24, 12, 6]  # halved on each out-of-memory error...
+    assert set(sizes[3:]) == {3}  # ...then stayed at the size that fits
+    assert sum(sizes[3:]) == len(prompts)

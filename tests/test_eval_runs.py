@@ -142,7 +142,8 @@ def test_qa_end_to_end(tiny_model, xquad_dir, tmp_path):
     (["translation", "--pairs", "en-zh", "--data", "{tmp}/one.txt"], "pattern with {lang}"),
     (["translation", "--pairs", "en-zh", "--data", "{tmp}/ragged.{lang}"], "differ in length"),
     (["translation", "--pairs", "en-zh", "--metrics", "bleu,meteor"], "unknown metric 'meteor'"),
-    (["qa", "--lang", "zh", "--data", "{tmp}/broken.json"], "broken.json: data[0].paragraphs[0].qas[0]: missing field 'answers'"),
+    (["qa", "--lang", "zh", "--data", "{tmp}/broken.json"],
+     "broken.json: data[0].paragraphs[0].qas[0]: missing field 'answers'"),
     (["qa", "--lang", "zh", "--data", "{tmp}/missing.json"], "file not found"),
 ])
 def test_bad_input_is_a_clear_error(tiny_model, flores_dir, tmp_path, capsys, argv, message):
@@ -174,7 +175,7 @@ def test_smollm_translation_cli(smollm_gguf, flores_dir, tmp_path):
     """The real model through the CLI: zh->en outputs are English sentences (SmolLM2 is English-only)."""
     out = tmp_path / "run"
     assert main(["eval", "translation", "--model", str(smollm_gguf), "--data", str(flores_dir), "--pairs", "zh-en",
-                 "--limit", "8", "--max-new-tokens", "48", "--out", str(out), "--no-progress"]) == 0
+                 "--limit", "8", "--max-new-tokens", "32", "--out", str(out), "--no-progress"]) == 0
     (results_file,) = out.glob("results_translation_*.json")
     results = read_results(results_file)
     scores = results.scores["zh-en"]
@@ -188,7 +189,7 @@ def test_smollm_translation_cli(smollm_gguf, flores_dir, tmp_path):
 def test_smollm_qa_cli(smollm_gguf, xquad_dir, tmp_path):
     out = tmp_path / "run"
     assert main(["eval", "qa", "--model", str(smollm_gguf), "--data", str(xquad_dir), "--lang", "en",
-                 "--limit", "5", "--max-new-tokens", "24", "--out", str(out), "--no-progress"]) == 0
+                 "--limit", "5", "--max-new-tokens", "16", "--out", str(out), "--no-progress"]) == 0
     results = read_results(out / "results_qa_xquad.json")
     assert results.scores["en"]["n"] == 5
     predictions = [json.loads(line)["prediction"] for line in lines(out / results.extra["outputs"]["en"])]

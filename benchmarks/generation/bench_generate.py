@@ -14,7 +14,6 @@ Writes ``<out>/bench_<device>.md`` and ``.json`` (default out: benchmarks/genera
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -45,6 +44,13 @@ def reference_generate(model, tokenizer, prompts, max_new_tokens, eos_ids, batch
         texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         outputs.extend(first_line(t) for t in texts)
     return outputs
+
+
+def shown(path: str) -> str:
+    """A path as recorded in the results: the shared folder as $XLLAMA_SHARED, not this machine's path."""
+    shared = str(shared_dir().resolve())
+    resolved = str(Path(path).resolve()) if Path(path).exists() else path
+    return resolved.replace(shared, "$XLLAMA_SHARED", 1) if resolved.startswith(shared) else path
 
 
 def machine() -> dict:
@@ -80,7 +86,8 @@ def main(argv=None) -> int:
     default_model = shared_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     default_data = shared_dir() / "data" / "eval" / "flores101" / "devtest"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(default_model), help="Hub id, checkpoint or .gguf (default: shared SmolLM2)")
+    parser.add_argument("--model", default=str(default_model),
+                        help="Hub id, checkpoint or .gguf (default: the shared SmolLM2)")
     parser.add_argument("--data", default=str(default_data) if default_data.is_dir() else "flores101",
                         help="FLORES folder or flores101/flores200 (default: the shared FLORES-101 devtest)")
     parser.add_argument("--pair", default="en-zh")
@@ -129,8 +136,9 @@ def main(argv=None) -> int:
     differences = [{"index": i, "reference": a, "xllama": b} for i, (a, b) in enumerate(zip(ref, ours)) if a != b]
     n = len(prompts)
     result = {
-        "machine": machine(), "device": str(device), "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "model": args.model, "data": args.data, "pair": args.pair, "prompt": args.prompt, "sentences": n,
+        "machine": machine(), "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "model": shown(args.model), "data": shown(args.data), "pair": args.pair, "prompt": args.prompt, "sentences": n,
         "max_new_tokens": args.max_new_tokens,
         "reference": {"method": f"unsorted batches of {args.ref_batch_size}, model.generate, EOS stop, first line after",
                       "seconds": ref_s, "sentences_per_s": n / ref_s},

@@ -213,9 +213,10 @@ def padding_analysis(store, settings: dict) -> dict:
              padding_reference(lengths, settings["ref_batch"], world, seed, config)),
             ("b", f"HF DataCollatorWithFlattening, batch {settings['ref_batch']}",
              padding_flattening(store, settings["ref_batch"], world, seed, config)),
-            ("c", f"xllama plan_step, global batch {settings['global_batch']}, "
-                  f"micro_batch_tokens {settings['micro_batch_tokens']}",
-             padding_xllama(store, settings["global_batch"], settings["micro_batch_tokens"], world, seed, config)),
+            ("c", f"xllama plan_step, global batch {settings['pad_global_batch']}, "
+                  f"micro_batch_tokens {settings['pad_micro_batch_tokens']}",
+             padding_xllama(store, settings["pad_global_batch"], settings["pad_micro_batch_tokens"], world, seed,
+                            config)),
         ]
         for key, name, r in rows:
             out["rows"].append({"config": key, "method": name, "world_size": world, **r})
@@ -362,7 +363,7 @@ def _hf_trainer_run(settings: dict, flatten: bool) -> dict:
     step_seconds = [b - a for a, b in zip(ends, ends[1:])]
     step_lengths = [sum(calls[k * accum:(k + 1) * accum], []) for k in range(len(step_seconds))]
     return {"step_lengths": step_lengths, "step_seconds": step_seconds, "peak_memory_gib": clock.peak,
-            "parameters": num_params, "optimizer": str(args.optim), "precision": "fp32 master + bf16 autocast" if cuda else "fp32"}
+            "parameters": num_params, "optimizer": str(getattr(args.optim, "value", args.optim)), "precision": "fp32 master + bf16 autocast" if cuda else "fp32"}
 
 
 def _xllama_run(settings: dict) -> dict:
@@ -480,6 +481,9 @@ def training_table(results: dict, settings: dict, mach: dict) -> str:
             lines.append(f"| ({key}) {name} | {per_step} | – | {(r or {}).get('error', 'not run')} | | | |")
             continue
         tps = r["tokens_per_s"]
+        if not tps:
+            lines.append(f"| ({key}) {name} | {per_step} | 0 | no timed step finished (time limit) | | | |")
+            continue
         ratio = f"{tps / base:.2f}x" if base and tps else "–"
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a"
         mem = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") is not None else "n/a"
@@ -488,8 +492,13 @@ def training_table(results: dict, settings: dict, mach: dict) -> str:
 
 
 def run_workers(settings: dict, work: Path, configs: list[str], deadline: float) -> dict:
+    import torch
+
     results = {}
     settings_path = work / "settings.json"
+    env = dict(os.environ)
+    if "CUDA_VISIBLE_DEVICES" not in env and torch.cuda.device_count() > 1:
+        env["CUDA_VISIBLE_DEVICES"] = "0"  # one GPU: a plain `python` Trainer would otherwise use DataParallel
     for k, name in enumerate(configs):
         budget = (deadline - time.time()) / (len(configs) - k)
         if budget < 10:
@@ -501,7 +510,7 @@ def run_workers(settings: dict, work: Path, configs: list[str], deadline: float)
         started = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, __file__, "--worker", name, "--settings", str(settings_path)],
-                                  timeout=budget, capture_output=True, text=True)
+                                  timeout=budget, capture_output=True, text=True, env=env)
         except subprocess.TimeoutExpired:
             results[name] = {"error": f"timed out after {budget:.0f}s"}
             print(f"({name}) timed out", flush=True)
@@ -531,9 +540,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--ref-batch", type=int, default=4, help="(a), (b): per-device batch")
     parser.add_argument("--ref-accum", type=int, default=4, help="(a), (b): gradient accumulation")
-    parser.add_argument("--global-batch", type=int, help="(c): examples per step (default 128; 16 on a CPU)")
+    parser.add_argument("--global-batch", type=int,
+                        help="(c): examples per step (default: the x-llama-7b recipe's, 128; 16 for CPU training)")
     parser.add_argument("--micro-batch-tokens", type=int,
-                        help="(c): tokens per packed pass (default 16384, the x-llama-7b recipe's; 2048 on a CPU)")
+                        help="(c): tokens per packed pass (default: the x-llama-7b recipe's, 16384; 2048 for CPU "
+                             "training)")
     parser.add_argument("--attn", help="attention implementation for all three (default: xllama's choice, "
                                        "flash_attention_2 when flash-attn is installed, else sdpa)")
     parser.add_argument("--seed", type=int, default=42)
@@ -551,6 +562,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from xllama.train.config import load_recipe
     from xllama.train.trainer import attention_implementation
 
     deadline = time.time() + args.max_seconds
@@ -558,12 +570,15 @@ def main(argv=None) -> int:
     shared = Path(args.shared) if args.shared else shared_dir()
     tokenizer_spec = args.tokenizer or str(shared / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
     model = args.model or ("1.1b" if cuda else "tiny")
+    paper = load_recipe("x-llama-7b", languages=["zh"]).train  # the padding analysis uses the paper recipe's plan
     settings = {
         "shape": LLAMA_1B if model == "1.1b" else LLAMA_TINY,
         "warmup": args.warmup_steps, "steps": args.steps, "max_length": args.max_length, "seed": args.seed,
         "ref_batch": args.ref_batch, "ref_accum": args.ref_accum,
-        "global_batch": args.global_batch or (128 if cuda or args.padding_only else 16),
-        "micro_batch_tokens": args.micro_batch_tokens or (16384 if cuda or args.padding_only else 2048),
+        "global_batch": args.global_batch or (paper.global_batch_size if cuda else 16),
+        "micro_batch_tokens": args.micro_batch_tokens or (paper.micro_batch_tokens if cuda else 2048),
+        "pad_global_batch": args.global_batch or paper.global_batch_size,
+        "pad_micro_batch_tokens": args.micro_batch_tokens or paper.micro_batch_tokens,
         "attn": args.attn or attention_implementation("auto", use_cpu=not cuda), "threads": args.threads,
     }
     if args.warmup_steps < 1 or args.steps < 1:

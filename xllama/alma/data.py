@@ -710,6 +710,10 @@ def load_parallel_text(spec: ParallelSpec):
             a, b = pair.split("-")
             sources, targets, provenance = [], [], []
             for location in locs:
+                if split == "valid" and not location.startswith("hf:") and Path(location).expanduser().is_dir():
+                    raise XllamaError(f"data.valid.{pair}: {location} is a folder; give the validation file itself "
+                                      f"(e.g. {Path(location) / f'valid.{pair}.json'}), so that training pairs are "
+                                      "never taken for validation ones")
                 s, t, info = load_pairs(location, a, b, split="train" if split == "train" else "validation")
                 sources += s
                 targets += t

@@ -150,6 +150,8 @@ def select_best(run) -> dict:
         if accelerator.is_main_process:
             _link(target, run.final.name)
     else:  # export the winning checkpoint the way the trainer exports final/
+        if accelerator.is_main_process and target.is_symlink():
+            target.unlink()
         model = accelerator.prepare(_candidate_model(recipe, tokenizer, use_cpu, Path(best["path"]), final=False))
         accelerator.load_state(best["path"])
         save_final(accelerator, model, tokenizer, recipe, SimpleNamespace(final=target))

@@ -140,7 +140,8 @@ def plan_batches(lengths: Sequence[int], max_new_tokens: int, batch_tokens: int 
     current: list[int] = []
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        fits_tokens = batch_tokens is None or (len(current) + 1) * (longest + max_new_tokens) * num_beams <= batch_tokens
+        cost = (len(current) + 1) * (longest + max_new_tokens) * num_beams
+        fits_tokens = batch_tokens is None or cost <= batch_tokens
         fits_size = batch_size is None or len(current) < batch_size
         if current and not (fits_tokens and fits_size):
             batches.append(current)

@@ -64,10 +64,10 @@ def evaluate_qa(
     """Answer every question of ``data`` in each language with one model, score, write predictions and
     results; returns the results record."""
     from xllama.data.evalsets import load_squad
-    from xllama.modeling import resolve_model
     from xllama.eval.generate import decoding_settings, eos_token_ids, generate, load_for_generation
     from xllama.eval.qa_metrics import score_qa
     from xllama.eval.translation import data_slug, default_out_dir, generation_record, save_results
+    from xllama.modeling import resolve_model
 
     if model is None:
         resolve_model(model_spec)  # a mistyped path fails now, before any data is read

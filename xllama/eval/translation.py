@@ -145,9 +145,9 @@ def evaluate_translation(
 ) -> dict:
     """Translate every direction in ``pairs`` with one model, score it, write outputs and results; returns the
     results record. ``model``/``tokenizer`` may be passed already loaded (``model_spec`` then only names it)."""
-    from xllama.modeling import resolve_model
     from xllama.eval.generate import decoding_settings, eos_token_ids, generate, load_for_generation
     from xllama.eval.metrics import parse_metrics, score_translation
+    from xllama.modeling import resolve_model
     from xllama.prompts import PROMPT_STYLES, translation_prompt
 
     if model is None:

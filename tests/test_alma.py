@@ -1,0 +1,391 @@
+"""ALMA: stage-1 blocks, stage-2 loss masks, checkpoint selection, LoRA merging and `xllama translate`.
+
+The monolingual text of stage 1 is one side of each of ALMA's human-written parallel corpora in the shared data
+(the shared data holds no monolingual corpus); models are tiny random Llamas with a BPE tokenizer trained on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xllama.errors import XllamaError
+
+PAIRS = "data/parallel/alma-human-written"
+TINY = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
+        "tie_word_embeddings": True}
+
+
+def recipe_file(tmp: Path, name: str, shared: Path, edit) -> Path:
+    """A copy of recipes/<name>.yaml with ../shared pointing at the test's shared folder, edited by ``edit``."""
+    from xllama.train.config import RECIPES_DIR
+
+    text = (RECIPES_DIR / f"{name}.yaml").read_text(encoding="utf-8").replace("../shared", str(shared))
+    raw = yaml.safe_load(text)
+    edit(raw)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def load(path: Path, languages=None):
+    from xllama.train.config import load_recipe
+
+    return load_recipe(str(path), languages=languages)
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tokenizer(shared):
+    """A small BPE tokenizer trained on a few hundred lines of each language."""
+    from xllama.modeling import build_bpe_tokenizer
+
+    lines = []
+    for pair, lang in (("deen", "de"), ("deen", "en"), ("zhen", "zh")):
+        path = shared / PAIRS / pair / f"train.{pair[:2]}-en.{lang}"
+        lines += path.read_text(encoding="utf-8").splitlines()[:400]
+    return build_bpe_tokenizer(lines, vocab_size=800)
+
+
+@pytest.fixture(scope="module")
+def stage1(shared, tmp_path_factory):
+    """A stage-1 run of the quickstart recipe, shrunk: 2 optimiser steps on 64-token blocks."""
+    from xllama.train.trainer import train
+
+    tmp = tmp_path_factory.mktemp("alma-stage1")
+
+    def edit(raw):
+        raw["model"]["init"] = TINY
+        raw["model"]["tokenizer_vocab_size"] = 800
+        raw["data"].update(max_documents=300, token_budget=2048, block_size=64)
+        raw["train"].update(global_batch_size=8, micro_batch_tokens=512, max_length=64, max_steps=2,
+                            save_every=0)
+
+    recipe = load(recipe_file(tmp, "alma-quickstart-stage1", shared, edit))
+    summary = train(recipe, tmp / "run")
+    assert summary["status"] == "completed"
+    return tmp / "run"
+
+
+def stage2_recipe(tmp: Path, shared: Path, model: Path, lora: bool = False):
+    def edit(raw):
+        raw["model"]["name_or_path"] = str(model)
+        raw["data"].update(sizes=24, valid_sizes=6)
+        raw["train"].update(global_batch_size=16, micro_batch_tokens=1024, max_length=256)
+        if lora:
+            raw["lora"].update(enabled=True, r=4, alpha=8, dropout=0.0)
+            raw["train"].update(learning_rate=2.0e-3)
+
+    return load(recipe_file(tmp, "alma-quickstart-stage2", shared, edit), languages=["de", "zh"])
+
+
+# ---------------------------------------------------------------------------------------------- stage 1
+
+
+def test_monolingual_blocks_follow_budget_and_ratios(shared, tokenizer):
+    from xllama.alma.data import allocate_blocks, load_monolingual, parse_spec, tokenize_monolingual
+
+    data = {"mix": "alma", "monolingual": {"de": str(shared / PAIRS / "deen/train.de-en.de"),
+                                           "zh": str(shared / PAIRS / "zhen/train.zh-en.zh"),
+                                           "en": str(shared / PAIRS / "deen/train.de-en.en")},
+            "ratios": {"de": 0.20, "zh": 0.19, "en": 0.17}, "token_budget": "6400", "block_size": 64,
+            "max_documents": 200}
+    spec = parse_spec(data, "alma-monolingual")
+    text, manifest = load_monolingual(spec, max_length=128)
+    assert manifest["languages"]["de"]["documents"] == 200 and len(text) == 600
+    blocks, stats = tokenize_monolingual(text, tokenizer, spec, max_length=128)
+
+    assert len(blocks) == 6400 // 64 == stats["examples"]
+    assert set(blocks["prompt_length"]) == {0}  # loss on every token
+    assert all(len(ids) == 64 for ids in blocks["input_ids"])
+    expected = allocate_blocks({"de": 0.20 / 0.56, "zh": 0.19 / 0.56, "en": 0.17 / 0.56}, 100)
+    assert {lang: s["blocks"] for lang, s in stats["languages"].items()} == expected
+    assert sum(expected.values()) == 100
+    # documents are separated by EOS, and Chinese blocks hold Chinese text
+    eos = tokenizer.eos_token_id
+    assert sum(ids.count(eos) for ids in blocks["input_ids"]) > 100
+    zh_blocks = [tokenizer.decode(ids) for ids in blocks["input_ids"][expected["de"]:expected["de"] + expected["zh"]]]
+    assert all(any("\u4e00" <= ch <= "\u9fff" for ch in b) for b in zh_blocks)
+
+
+def test_temperature_sampling_and_repetition(shared, tokenizer):
+    from xllama.alma.data import load_monolingual, parse_spec, tokenize_monolingual
+
+    data = {"monolingual": {"de": str(shared / PAIRS / "deen/train.de-en.de"),
+                            "is": str(shared / PAIRS / "isen/train.is-en.is")},
+            "temperature": 3, "token_budget": "20K", "block_size": 32, "max_documents": 40}
+    spec = parse_spec(data, "alma-monolingual")
+    text, _ = load_monolingual(spec, max_length=32)
+    blocks, stats = tokenize_monolingual(text, tokenizer, spec, max_length=32)
+    tokens = {lang: s["tokens_available"] for lang, s in stats["languages"].items()}
+    weights = {lang: t ** (1 / 3) for lang, t in tokens.items()}
+    for lang, s in stats["languages"].items():
+        assert s["share"] == pytest.approx(weights[lang] / sum(weights.values()), abs=1e-6)
+    # 625 blocks wanted from 40 documents per language: the text is repeated, and says so
+    assert len(blocks) == 20000 // 32
+    assert all(s["epochs"] > 1 for s in stats["languages"].values())
+
+
+def test_hub_corpora_stream_from_a_mirror(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xllama.alma.data import read_documents
+
+    docs = [f"Dokument Nummer {i}." for i in range(50)]
+    files = tmp_path / "owner/corpus/de"
+    files.mkdir(parents=True)
+    pq.write_table(pa.table({"text": docs, "id": list(range(50))}), files / "de_part_00000.parquet")
+    export = tmp_path / "owner/plain/de/train"
+    export.mkdir(parents=True)
+    pq.write_table(pa.table({"content": docs}), export / "0000.parquet")
+    monkeypatch.setenv("XLLAMA_HUB_MIRROR", str(tmp_path))
+
+    got, info = read_documents("hf:owner/corpus/de/*.parquet", "de", max_documents=7)
+    assert got == docs[:7] and info["hub"] == "owner/corpus"
+    got, _ = read_documents("hf:owner/plain:de", "de", text_field="content", max_chars=100)
+    assert got == docs[: len(got)] and 100 <= sum(map(len, got)) < 100 + len(docs[0]) + 1
+    with pytest.raises(XllamaError, match="no field 'text'"):
+        read_documents("hf:owner/plain:de", "de")
+
+
+# ---------------------------------------------------------------------------------------------- stage 2
+
+
+def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer):
+    from xllama.alma.data import load_parallel_text, parse_spec, tokenize_translations
+    from xllama.prompts import alma_prompt
+    from xllama.train.packing import TokenStore, packed_row
+
+    spec = parse_spec({"parallel": {"de-en": str(shared / PAIRS / "deen"), "zh-en": str(shared / PAIRS / "zhen")},
+                       "valid": {"de-en": str(shared / PAIRS / "deen/valid.de-en.json")},
+                       "sizes": 15, "valid_sizes": 5}, "alma-parallel")
+    text, manifest = load_parallel_text(spec)
+    assert manifest["by_direction"]["train"] == {"de-en": 15, "en-de": 15, "zh-en": 15, "en-zh": 15}
+    assert manifest["by_direction"]["valid"] == {"de-en": 5, "en-de": 5}
+    examples, stats = tokenize_translations(text, tokenizer, max_length=512)
+    assert stats["examples"] == len(examples) == 60 and stats["boundary_merged"] == 0
+
+    rows = [r for r in text if r["split"] == "train"]
+    store = TokenStore.from_dataset(examples)
+    eos = tokenizer.eos_token_id
+    for i, row in enumerate(rows):
+        ids, plen = examples[i]["input_ids"], examples[i]["prompt_length"]
+        prompt = alma_prompt(row["src"], row["tgt"], row["source"])
+        assert tokenizer.decode(ids[:plen]) == prompt
+        assert ids[-1] == eos and eos not in ids[:-1]
+        assert tokenizer.decode(ids[plen:-1]) == " " + row["target"]
+        # what the trainer actually trains on: labels derived from prompt_length by the packer
+        labels = packed_row(store, [i])["labels"][0]
+        trained = labels[labels != -100]
+        assert trained.tolist() == ids[plen:]
+        assert tokenizer.decode(trained[:-1]) == " " + row["target"]
+
+
+def test_recipes_load_and_validate():
+    from xllama.alma.data import ALMA_RATIOS, parse_spec
+    from xllama.train.config import load_recipe
+
+    for name in ("alma-7b-stage1", "alma-7b-stage2", "alma-7b-lora", "alma-quickstart-stage1",
+                 "alma-quickstart-stage2"):
+        recipe = load_recipe(name)
+        assert recipe.task.startswith("alma-") and parse_spec(recipe) is not None
+    stage1 = parse_spec(load_recipe("alma-7b-stage1"))
+    assert stage1.ratios == pytest.approx(ALMA_RATIOS)
+    assert stage1.token_budget == 20 * 10**9
+    lora = load_recipe("alma-7b-lora")
+    assert (lora.lora.r, lora.lora.alpha, lora.lora.dropout, lora.lora.target_modules) == (16, 32, 0.05, ["down_proj"])
+    # --lang keeps a subset (and English); ratios are renormalised over it
+    subset = parse_spec(load_recipe("alma-7b-stage1", languages=["de", "zh"]))
+    assert list(subset.sources) == ["de", "zh", "en"]
+    assert sum(subset.ratios.values()) == pytest.approx(1.0)
+    assert set(parse_spec(load_recipe("alma-7b-stage2", languages=["zh"])).pairs) == {"zh-en"}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"monolingual": {"de": "x"}, "token_budget": 10, "ratio": {}}, r"recipe\.data\.ratio: unknown key"),
+    ({"monolingual": {"de": "x"}, "token_budget": 10, "valid": {}}, "belongs to the other ALMA stage"),
+    ({"mix": "x-llama", "monolingual": {"de": "x"}, "token_budget": 10}, r"data\.mix: 'x-llama'"),
+    ({"monolingual": {"de": "x", "en": "y"}, "ratios": {"de": 1}, "token_budget": 10}, "no ratio for en"),
+    ({"monolingual": {"de": "x"}, "ratios": {"de": 1, "fr": 1}, "token_budget": 10}, r"ratios\.fr: no monolingual"),
+    ({"monolingual": {"de": "x"}, "ratios": {"de": 1}, "temperature": 2, "token_budget": 10}, "not both"),
+    ({"monolingual": {"de": "x"}}, "token_budget"),
+    ({"monolingual": {"de": "x"}, "token_budget": "lots"}, "token count"),
+    ({"monolingual": {"xx": "x"}, "token_budget": 10}, r"monolingual\.xx: unknown language code"),
+    ({"monolingual": {"de": "x"}, "token_budget": 10, "languages": ["zh"]}, "no monolingual source for zh"),
+])
+def test_monolingual_recipe_errors(data, message):
+    from xllama.alma.data import parse_spec
+
+    with pytest.raises(XllamaError, match=message):
+        parse_spec(data, "alma-monolingual")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"parallel": {"de-en": "x"}, "token_budget": 10}, r"token_budget: unknown key .*other ALMA stage"),
+    ({"parallel": {"deen": "x"}}, r"parallel\.deen: bad language pair"),
+    ({"parallel": {"de-en": "x"}, "valid": {"zh-en": "y"}}, r"valid\.zh-en: no training pairs"),
+    ({"parallel": {"de-fr": "x"}, "directions": "x-en"}, "needs English"),
+    ({"parallel": {"de-en": "x"}, "directions": "sideways"}, "not one of both"),
+    ({"parallel": {"de-en": "x"}, "sizes": {"de-en": 0}}, r"sizes\.de-en: expected an integer >= 1"),
+    ({"parallel": {}}, r"parallel: expected a mapping"),
+])
+def test_parallel_recipe_errors(data, message):
+    from xllama.alma.data import parse_spec
+
+    with pytest.raises(XllamaError, match=message):
+        parse_spec(data, "alma-parallel")
+
+
+def test_bad_parallel_locations_are_clear_errors(shared, tmp_path):
+    from xllama.alma.data import load_parallel_text, parse_spec
+
+    spec = parse_spec({"parallel": {"de-en": str(tmp_path / "nowhere")}}, "alma-parallel")
+    with pytest.raises(XllamaError, match="nowhere"):
+        load_parallel_text(spec)
+    deen = str(shared / PAIRS / "deen")
+    spec = parse_spec({"parallel": {"de-en": deen}, "valid": {"de-en": deen}}, "alma-parallel")
+    with pytest.raises(XllamaError, match="is a folder; give the validation file"):
+        load_parallel_text(spec)
+
+
+def test_guard_removes_evaluation_sentences(shared, tmp_path):
+    from xllama.alma.data import load_parallel_text, parse_spec
+
+    german = (shared / PAIRS / "deen/train.de-en.de").read_text(encoding="utf-8").splitlines()
+    guard = tmp_path / "test.de"
+    guard.write_text("\n".join(german[:3]) + "\n", encoding="utf-8")
+    spec = parse_spec({"parallel": {"de-en": str(shared / PAIRS / "deen")}, "guard": [str(guard)]}, "alma-parallel")
+    text, manifest = load_parallel_text(spec)
+    removed = manifest["pairs"]["de-en"]["removed"]
+    assert removed["contamination"] >= 3
+    assert not set(german[:3]) & set(text["source"])
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_stage1_stage2_translate_end_to_end(shared, stage1, tmp_path):
+    """Stage 1 (fixture) -> stage 2 with checkpoint selection -> `xllama translate` on a file."""
+    from xllama.alma.stage2 import train_and_select
+    from xllama.cli import main
+
+    stats = json.loads((stage1 / "tokenized/stats.json").read_text())
+    assert stats["task"] == "alma-monolingual" and set(stats["languages"]) == {"de", "cs", "is", "zh", "ru", "en"}
+
+    recipe = stage2_recipe(tmp_path, shared, stage1 / "final")
+    summary = train_and_select(recipe, tmp_path / "stage2")
+    selection = json.loads((tmp_path / "stage2/validation.json").read_text())
+    names = [c["name"] for c in selection["candidates"]]
+    assert len(names) == 2 and names[-1] == "final" and names[0].startswith("step-")
+    assert selection["candidates"][0]["step"] == selection["steps_per_epoch"]
+    assert set(selection["candidates"][0]["by_direction"]) == {"de-en", "en-de", "zh-en", "en-zh"}
+    best = min(selection["candidates"], key=lambda c: c["loss"])
+    assert selection["best"] == best["name"] and Path(summary["best_model"]).resolve().is_dir()
+    assert (tmp_path / "stage2/best/config.json").is_file()
+
+    source = tmp_path / "in.de"
+    source.write_text("Guten Morgen!\n\nWie geht es dir?\n", encoding="utf-8")
+    out = tmp_path / "out.en"
+    rc = main(["translate", "--model", str(tmp_path / "stage2/best"), "--src", "de", "--tgt", "en",
+               "--input", str(source), "--output", str(out), "--max-new-tokens", "6"])
+    assert rc == 0
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # blank line kept, one line per segment
+
+
+def test_lora_merged_equals_base_plus_adapter(shared, stage1, tmp_path, monkeypatch):
+    """A LoRA stage-2 run: the merged model it saves gives the same logits as base + adapter; a checkpoint that
+    wins the selection is exported like final/ (merged model + adapter)."""
+    import torch
+
+    import xllama.alma.validate as validate
+    from xllama.alma.stage2 import select_best, train_and_select
+    from xllama.modeling import build_model_from_config, load_tokenizer
+    from xllama.train.trainer import RunDir
+    from xllama.translate import load_translator
+
+    recipe = stage2_recipe(tmp_path, shared, stage1 / "final", lora=True)
+    summary = train_and_select(recipe, tmp_path / "lora")
+    final = tmp_path / "lora/final"
+    assert summary["status"] == "completed" and (final / "adapter/adapter_config.json").is_file()
+    assert len(summary["validation"]["candidates"]) == 2
+
+    merged, tok = load_translator(str(final), device="cpu")
+    adapted, _ = load_translator(str(stage1 / "final"), adapter=str(final / "adapter"), device="cpu")
+    base, _ = load_translator(str(stage1 / "final"), device="cpu")
+    ids = torch.tensor([tok("Translate this from German to English:\nGerman: Hallo\nEnglish:")["input_ids"]])
+    with torch.no_grad():
+        a, b, c = (m(input_ids=ids).logits for m in (merged, adapted, base))
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert (a - c).abs().max() > 1e-5  # the adapter changed the model
+    # the adapter alone finds its base through adapter_config.json
+    alone, _ = load_translator(str(final / "adapter"), device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(alone(input_ids=ids).logits, a, atol=1e-5)
+
+    # a base of another shape is refused with a clear error
+    other = tmp_path / "other"
+    tokenizer = load_tokenizer(str(stage1 / "final"))
+    build_model_from_config(dict(TINY, hidden_size=48, intermediate_size=96), vocab_size=len(tokenizer)).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    with pytest.raises(XllamaError, match="does not match the base model"):
+        load_translator(str(other), adapter=str(final / "adapter"), device="cpu")
+
+    # force the epoch-1 checkpoint to win: best/ becomes its export, different from final/
+    real = validate.validation_loss
+    fake = lambda model, *a, desc="", **k: {**real(model, *a, desc=desc, **k), **({"loss": 0.0} if "step-" in desc else {})}  # noqa: E731
+    monkeypatch.setattr(validate, "validation_loss", fake)
+    selection = select_best(RunDir(tmp_path / "lora"))
+    best = tmp_path / "lora/best"
+    assert selection["best"].startswith("step-") and not best.is_symlink()
+    assert (best / "config.json").is_file() and (best / "adapter/adapter_config.json").is_file()
+    exported, _ = load_translator(str(best), device="cpu")
+    via_adapter, _ = load_translator(str(best / "adapter"), device="cpu")
+    with torch.no_grad():
+        e = exported(input_ids=ids).logits
+        assert torch.allclose(e, via_adapter(input_ids=ids).logits, atol=1e-5)
+        assert (e - a).abs().max() > 1e-6  # one epoch of training is not two
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--src", "xx", "--tgt", "en", "hello"], "unknown language pair xx-en"),
+    (["--src", "de", "--tgt", "de", "hallo"], "same language"),
+    (["--src", "de", "--tgt", "en"], "nothing to translate"),
+    (["--src", "de", "--tgt", "en", "  "], "empty"),
+    (["--src", "de", "--tgt", "en", "--input", "EMPTY"], "is empty"),
+    (["--src", "de", "--tgt", "en", "--input", "MISSING"], "input file not found"),
+    (["--src", "de", "--tgt", "en", "--adapter", "NOT_ADAPTER", "hallo"], "not a peft adapter folder"),
+])
+def test_translate_errors(argv, message, tmp_path, capsys):
+    from xllama.cli import main
+
+    (tmp_path / "empty.txt").write_text("\n  \n", encoding="utf-8")
+    argv = [a.replace("EMPTY", str(tmp_path / "empty.txt")).replace("MISSING", str(tmp_path / "no.txt"))
+            .replace("NOT_ADAPTER", str(tmp_path)) for a in argv]
+    assert main(["translate", "--model", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_smollm_gguf_translates_a_file(smollm_gguf, tmp_path):
+    from xllama.cli import main
+
+    source = tmp_path / "in.en"
+    source.write_text("The cat sleeps.\nI like tea.\nGood morning!\nWhere is the station?\nThank you very much.\n",
+                      encoding="utf-8")
+    out = tmp_path / "out.de"
+    rc = main(["translate", "--model", str(smollm_gguf), "--src", "en", "--tgt", "de", "--input", str(source),
+               "--output", str(out), "--max-new-tokens", "16", "--batch-size", "5"])
+    assert rc == 0
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5
+    assert sum(bool(line.strip()) for line in lines) >= 3
+    assert not any("Translate this" in line for line in lines)  # answers, not echoed prompts
