@@ -255,6 +255,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
     import torch
     import torch.nn.functional as F
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
     from datasets import load_from_disk
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -297,6 +298,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
     if accelerator.is_main_process:
         _truncate_metrics(run.metrics, start)
 
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
     world, rank = accelerator.num_processes, accelerator.process_index
     device = accelerator.device
     lengths, targets = store.lengths, store.target_counts
@@ -319,6 +321,9 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
             for j, mb in enumerate(micro_batches):
                 row = {k: torch.from_numpy(v).to(device) for k, v in packed_row(store, mb, tokenizer.pad_token_id).items()}
                 sync = j == len(micro_batches) - 1
+                if deepspeed:  # DeepSpeed steps inside backward: tell it which micro-batch ends the step
+                    model.set_gradient_accumulation_boundary(sync)
+                    accelerator.gradient_state._set_sync_gradients(sync)
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     logits = model(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False).logits
                     token_loss = F.cross_entropy(logits.float().flatten(0, 1), row["labels"].flatten(),
@@ -340,7 +345,7 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
                 "epoch": round((step + 1) / steps_per_epoch(len(store), t.global_batch_size), 4),
                 "loss": loss_sum.item() / max(step_targets, 1),
                 "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "examples": len(step_examples),
                 "tokens": sum(step_lengths),
                 "target_tokens": step_targets,
