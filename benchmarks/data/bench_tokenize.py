@@ -256,8 +256,8 @@ def main(argv=None) -> int:
     fast = load_tokenizer(tokenizer_spec)
     print(f"tokenizer: {type(fast).__name__} from {Path(tokenizer_spec).name} in {time.perf_counter() - started:.1f}s",
           flush=True)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
-    slow = slow_tokenizer_like(fast, workdir)
+    with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:  # GPT2Tokenizer reads its files at once
+        slow = slow_tokenizer_like(fast, Path(tmp))
 
     # xllama's way on all n examples: encode_pairs itself, and the datasets pipeline the trainer runs.
     (ids, plen), xllama_s, xllama_cpu = timed(

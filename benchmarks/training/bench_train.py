@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -391,24 +392,48 @@ def _xllama_run(settings: dict) -> dict:
                           save_every=0, log_every=1),
     ), where="benchmark recipe")
     train(recipe, run)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    # the per-step example lengths are not in the metrics: recompute them from the same plan
+    summary = json.loads((run / "summary.json").read_text())
+    return {**_xllama_metrics(settings, run, cuda), "parameters": summary["parameters"], "status": summary["status"],
+            "optimizer": "torch.optim.AdamW (fused on GPU)", "precision": recipe.train.precision if cuda else "fp32"}
+
+
+def _xllama_metrics(settings: dict, run: Path, cuda: bool) -> dict:
+    """Per-step figures from the run's metrics.jsonl; the example lengths are recomputed from the same plan."""
     from xllama.train.packing import plan_step
 
-    store = load_store(work)
-    lengths = store.lengths
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    store = load_store(run.parent)
     step_lengths = []
     for r in records:
         plan = plan_step(r["step"] - 1, store, settings["global_batch"], settings["micro_batch_tokens"], 1,
                          settings["seed"])
-        step_lengths.append([int(lengths[i]) for mbs in plan for mb in mbs for i in mb])
+        step_lengths.append([int(store.lengths[i]) for mbs in plan for mb in mbs for i in mb])
         assert sum(step_lengths[-1]) == r["tokens"], "plan and metrics disagree"
-    summary = json.loads((run / "summary.json").read_text())
     return {"step_lengths": step_lengths, "step_seconds": [r["step_time_s"] for r in records],
-            "parameters": summary["parameters"], "status": summary["status"],
-            "peak_memory_gib": max((r.get("peak_memory_gib") or 0) for r in records) if cuda else None,
-            "micro_batches": [r["micro_batches"] for r in records], "xllama_mfu": [r.get("mfu") for r in records],
-            "optimizer": "torch.optim.AdamW (fused on GPU)", "precision": recipe.train.precision if cuda else "fp32"}
+            "peak_memory_gib": max((r.get("peak_memory_gib") or 0) for r in records) if cuda and records else None,
+            "micro_batches": [r["micro_batches"] for r in records], "xllama_mfu": [r.get("mfu") for r in records]}
+
+
+def xllama_partial(settings: dict, work: Path) -> dict | None:
+    """After a time-out of (c): what its metrics.jsonl recorded (e.g. the final save ran past the limit)."""
+    import torch
+
+    from xllama.train.trainer import _peak_tflops
+
+    run = work / "run-c"
+    if not (run / "metrics.jsonl").is_file():
+        return None
+    cuda = torch.cuda.is_available()
+    raw = _xllama_metrics(settings, run, cuda)
+    if len(raw["step_seconds"]) <= settings["warmup"]:
+        return None
+    params = _num_params(settings["shape"], 49152)
+    peak = _peak_tflops(torch.device("cuda")) if cuda else None
+    peak = None if peak is None or math.isnan(peak) else peak
+    summary = _summarise(raw.pop("step_lengths"), raw.pop("step_seconds"), settings["warmup"], params,
+                         settings["shape"], peak)
+    return {"config": "c", "method": CONFIGS["c"], "peak_tflops": peak, "parameters": params,
+            "status": "timed out after its steps were logged", **raw, **summary}
 
 
 def worker(name: str, settings_path: Path) -> int:
@@ -424,6 +449,7 @@ def worker(name: str, settings_path: Path) -> int:
     raw = _hf_trainer_run(settings, flatten=False) if name == "a" else \
         _hf_trainer_run(settings, flatten=True) if name == "b" else _xllama_run(settings)
     peak = _peak_tflops(torch.device("cuda")) if torch.cuda.is_available() else None
+    peak = None if peak is None or math.isnan(peak) else peak  # a GPU missing from PEAK_TFLOPS: no MFU
     summary = _summarise(raw["step_lengths"], raw["step_seconds"], settings["warmup"], raw["parameters"],
                          settings["shape"], peak)
     result = {"config": name, "method": CONFIGS[name], "peak_tflops": peak,
@@ -512,8 +538,9 @@ def run_workers(settings: dict, work: Path, configs: list[str], deadline: float)
             proc = subprocess.run([sys.executable, __file__, "--worker", name, "--settings", str(settings_path)],
                                   timeout=budget, capture_output=True, text=True, env=env)
         except subprocess.TimeoutExpired:
-            results[name] = {"error": f"timed out after {budget:.0f}s"}
-            print(f"({name}) timed out", flush=True)
+            partial = xllama_partial(settings, work) if name == "c" else None
+            results[name] = partial or {"error": f"timed out after {budget:.0f}s"}
+            print(f"({name}) timed out{' (its logged steps are used)' if partial else ''}", flush=True)
             continue
         out = work / f"result-{name}.json"
         if proc.returncode != 0 or not out.is_file():

@@ -56,6 +56,12 @@ def run(args) -> int:
 
     from xllama.train.trainer import train
 
-    summary = train(recipe, out, resume=args.resume)
+    if recipe.task == "alma-parallel" and recipe.data.get("valid"):  # ALMA stage 2: keep the best epoch
+        from xllama.alma.stage2 import train_and_select
+
+        summary = train_and_select(recipe, out, resume=args.resume)
+        summary.pop("validation", None)
+    else:
+        summary = train(recipe, out, resume=args.resume)
     print(json.dumps(summary, indent=2))
     return 0

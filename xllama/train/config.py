@@ -228,7 +228,7 @@ def load_recipe(name_or_path: str, overrides: list[str] = (), languages: list[st
         data = raw.setdefault("data", {})
         if "path" not in data:
             data["languages"] = list(languages)
-            if data.get("mix") in (None, "x-llama", "m-llama"):
+            if raw.get("task", "instruct") == "instruct" and data.get("mix") in (None, "x-llama", "m-llama"):
                 data["mix"] = "x-llama" if len(languages) == 1 else "m-llama"
         raw["data"] = expand_languages(data, languages)
     raw.setdefault("name", path.stem)
