@@ -260,3 +260,12 @@ def test_dry_run_builds_and_reports_the_mix(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["manifest"]["examples"] == report["tokenized"]["examples"] + report["tokenized"]["dropped_no_target"]
     assert set(report["manifest"]["by_lang"]) >= {"zh", "de", "en"}
+
+
+def test_batch_encode_ignores_padding_left_by_an_earlier_call(tokenizer):
+    from xllama.data.tokenize import batch_encode
+
+    clean = batch_encode(tokenizer, ["a b c", "a"], add_special_tokens=False)
+    tokenizer("x", padding="longest", truncation=True, max_length=512)
+    assert batch_encode(tokenizer, ["a b c", "a"], add_special_tokens=False) == clean
+    assert len(clean[1]) < len(clean[0])

@@ -33,6 +33,9 @@ def batch_encode(tokenizer, texts: list[str], add_special_tokens: bool) -> list[
     about twice as fast as ``tokenizer(texts)`` with identical ids."""
     backend = getattr(tokenizer, "_tokenizer", None)
     if getattr(tokenizer, "is_fast", False) and hasattr(backend, "encode_batch_fast"):
+        if backend.padding is not None or backend.truncation is not None:
+            backend.no_padding()  # left on the backend by an earlier tokenizer(..., padding=...) call
+            backend.no_truncation()
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
     return tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
 
