@@ -91,16 +91,21 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise XllamaError(f"file not found: {path}")
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise XllamaError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise XllamaError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
-            yield lineno, record
+        yield from parse_jsonl_lines(path, f)
+
+
+def parse_jsonl_lines(path, lines) -> Iterator[tuple[int, dict]]:
+    """Parse JSONL ``lines`` (any iterable of strings: an open file, a gzip stream) read from ``path``."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise XllamaError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise XllamaError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+        yield lineno, record
 
 
 def write_jsonl(path: str | os.PathLike, records) -> None:

@@ -39,26 +39,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # run from a checkout without installing
 
+from benchmarks.common import cpu_name, zh_mix_spec  # noqa: E402
 from xllama.io import atomic_write_json, shared_dir  # noqa: E402
 
 IGNORE_INDEX = -100
 
 
 # --- data and tokenizers -----------------------------------------------------------------------------------
-
-def zh_mix_spec(shared: Path) -> dict:
-    """The x-LLaMA zh mix over the shared data: the same keys as recipes/data/x-llama-zh-shared.yaml."""
-    return {
-        "mix": "x-llama",
-        "languages": ["zh"],
-        "instructions": {"en": str(shared / "data/instructions/alpaca-en-zh"),
-                         "zh": str(shared / "data/instructions/alpaca-en-zh")},
-        "parallel": {"en-zh": str(shared / "data/parallel/alma-human-written/zhen")},
-        "guard": [str(shared / "data/eval/flores101/devtest"), str(shared / "data/eval/xquad")],
-        "directions": "en-x",
-        "seed": 42,
-    }
-
 
 def build_zh_mix(shared: Path):
     from xllama.data.mix import MixSpec, build_mix
@@ -215,12 +202,7 @@ def machine() -> dict:
     import tokenizers
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"cpu": cpu, "cpu_cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(), "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__}

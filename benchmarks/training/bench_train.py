@@ -43,6 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # run from a checkout without installing
 
+from benchmarks.common import cpu_name, zh_mix_spec  # noqa: E402
 from xllama.io import atomic_write_json, atomic_write_text, shared_dir  # noqa: E402
 
 IGNORE_INDEX = -100
@@ -60,20 +61,6 @@ CONFIGS = {
 
 
 # --- data ------------------------------------------------------------------------------------------------------
-
-def zh_mix_spec(shared: Path) -> dict:
-    """The x-LLaMA zh mix over the shared data: the same keys as recipes/data/x-llama-zh-shared.yaml."""
-    return {
-        "mix": "x-llama",
-        "languages": ["zh"],
-        "instructions": {"en": str(shared / "data/instructions/alpaca-en-zh"),
-                         "zh": str(shared / "data/instructions/alpaca-en-zh")},
-        "parallel": {"en-zh": str(shared / "data/parallel/alma-human-written/zhen")},
-        "guard": [str(shared / "data/eval/flores101/devtest"), str(shared / "data/eval/xquad")],
-        "directions": "en-x",
-        "seed": 42,
-    }
-
 
 def prepare_data(shared: Path, tokenizer_spec: str, max_length: int, work: Path) -> dict:
     """Build the mix, save the tokenizer and tokenise with xllama's own function, in xllama's run-dir layout
@@ -466,12 +453,7 @@ def machine() -> dict:
     import torch
     import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "accelerate": accelerate.__version__}

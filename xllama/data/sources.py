@@ -31,7 +31,7 @@ from pathlib import Path
 
 from xllama.data.hub import hub_url, load_hub_dataset, load_hub_files, parse_location
 from xllama.errors import XllamaError
-from xllama.io import iter_jsonl, read_json
+from xllama.io import iter_jsonl, parse_jsonl_lines, read_json
 from xllama.languages import get_language
 
 INSTRUCTION_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
@@ -161,15 +161,7 @@ def _json_records(path: Path) -> list[tuple[str, dict]]:
 
 
 def _jsonl_lines(path: Path, lines):
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise XllamaError(f"{path}: line {n}: malformed JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise XllamaError(f"{path}: line {n}: expected a JSON object, got {type(record).__name__}")
+    for n, record in parse_jsonl_lines(path, lines):
         yield f"line {n}", record
 
 
