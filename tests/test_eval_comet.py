@@ -96,12 +96,12 @@ def test_comet_hub_model_offline_error(monkeypatch):
 
 
 def test_comet_through_cli(tiny_comet, tmp_path, capsys, monkeypatch):
-    from xllama.eval import score
+    from xllama.cli import main as cli_main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name, lines in (("src.en", SRCS), ("hyp.zh", HYPS), ("ref.zh", REFS)):
         (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    rc = score.main(["--hyp", str(tmp_path / "hyp.zh"), "--ref", str(tmp_path / "ref.zh"), "--src",
+    rc = cli_main(["eval", "score", "--hyp", str(tmp_path / "hyp.zh"), "--ref", str(tmp_path / "ref.zh"), "--src",
                      str(tmp_path / "src.en"), "--tgt", "zh", "--metrics", "comet", "--comet-model",
                      str(tiny_comet), "--gpus", "0", "--out", str(tmp_path / "out.json")])
     assert rc == 0

@@ -7,7 +7,7 @@ import json
 import pytest
 import sacrebleu
 
-from xllama.eval import score
+from xllama.cli import main as cli_main
 
 
 def write(path, lines):
@@ -30,7 +30,7 @@ def files(shared, tmp_path):
 
 def test_score_prints_json_with_signatures(files, capsys):
     out_path = files["tmp"] / "scores.json"
-    rc = score.main(["--hyp", files["hyp"], "--ref", files["ref"], "--tgt", "zh",
+    rc = cli_main(["eval", "score", "--hyp", files["hyp"], "--ref", files["ref"], "--tgt", "zh",
                      "--metrics", "bleu,chrf,off_target", "--out", str(out_path)])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
@@ -44,9 +44,9 @@ def test_score_prints_json_with_signatures(files, capsys):
 
 def test_swapped_files_change_bleu(files, capsys):
     short = write(files["tmp"] / "short.zh", [line[: len(line) // 2] for line in files["refs"]])
-    score.main(["--hyp", short, "--ref", files["ref"], "--tgt", "zh", "--metrics", "bleu"])
+    cli_main(["eval", "score", "--hyp", short, "--ref", files["ref"], "--tgt", "zh", "--metrics", "bleu"])
     forward = json.loads(capsys.readouterr().out)["bleu"]
-    score.main(["--hyp", files["ref"], "--ref", short, "--tgt", "zh", "--metrics", "bleu"])
+    cli_main(["eval", "score", "--hyp", files["ref"], "--ref", short, "--tgt", "zh", "--metrics", "bleu"])
     backward = json.loads(capsys.readouterr().out)["bleu"]
     assert forward != pytest.approx(backward)
 
@@ -68,7 +68,7 @@ def test_bad_input_is_one_line_error_exit_2(files, capsys, change, message):
     argv = []
     for key, value in args.items():
         argv += [f"--{key.replace('_', '-')}", value]
-    assert score.main(argv) == 2
+    assert cli_main(["eval", "score", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("xllama eval score: error: ") and err.count("\n") == 1
     import re

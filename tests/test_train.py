@@ -269,3 +269,27 @@ def test_batch_encode_ignores_padding_left_by_an_earlier_call(tokenizer):
     tokenizer("x", padding="longest", truncation=True, max_length=512)
     assert batch_encode(tokenizer, ["a b c", "a"], add_special_tokens=False) == clean
     assert len(clean[1]) < len(clean[0])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, records, tokenizer):
+    """A scheduler's SIGTERM: the step in flight finishes, a checkpoint is written, the process exits 0."""
+    import signal
+    import time
+
+    import yaml
+
+    run = seeded_run(tmp_path / "run", records[:48], tokenizer)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(epochs=50).to_dict()))
+    proc = subprocess.Popen([sys.executable, "-m", "xllama", "train", "--recipe", str(recipe), "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 0 < summary["steps"] < summary["total_steps"]
+    assert (run / f"checkpoints/step-{summary['steps']}/trainer_state.json").is_file()
+    assert not (run / "final").exists()

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except XllamaError as e:
-        print(f"xllama {args.command}: error: {e}", file=sys.stderr)
+        print(f"{getattr(args, '_prog', None) or 'xllama ' + args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"xllama {args.command}: interrupted", file=sys.stderr)

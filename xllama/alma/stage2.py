@@ -7,23 +7,20 @@ model on the validation pairs stored in the run's data (``data.valid`` of the re
 trainer exports ``final`` (Hugging Face format; for LoRA the adapter plus a merged copy). ``validation.json``
 records every candidate's loss, overall and per direction.
 
-Examples:
-  python -m xllama.alma.stage2 --recipe alma-quickstart-stage2 --model runs/alma-stage1/final --out runs/alma-stage2
-  accelerate launch --config_file recipes/accelerate/fsdp.yaml -m xllama.alma.stage2 --recipe alma-7b-stage2 \\
+`xllama train` runs it for any stage-2 recipe with validation data, e.g.
+  xllama train --recipe alma-quickstart-stage2 --model runs/alma-stage1/final --out runs/alma-stage2
+  accelerate launch --config_file recipes/accelerate/fsdp.yaml -m xllama train --recipe alma-7b-stage2 \\
       --out runs/alma-7b-stage2
-  python -m xllama.alma.stage2 --recipe alma-7b-lora --out runs/alma-7b-lora --resume   # after an interruption
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -199,56 +196,3 @@ def _link(target: Path, name: str) -> None:
         tmp.unlink()
     os.symlink(name, tmp)
     os.replace(tmp, target)
-
-
-# --- command line ------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--recipe", required=True, help="a stage-2 recipe: alma-7b-stage2, alma-7b-lora, "
-                        "alma-quickstart-stage2, or a YAML path")
-    parser.add_argument("--lang", help="keep only pairs with these languages, e.g. de,zh")
-    parser.add_argument("--model", help="override model.name_or_path (e.g. your stage-1 run's final/)")
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out (training or selection)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe key, e.g. --set train.learning_rate=1e-5 (repeatable)")
-    parser.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
-
-
-def run(args) -> int:
-    from xllama.languages import parse_languages
-    from xllama.train.config import load_recipe
-
-    overrides = list(args.set)
-    if args.model:
-        overrides += [f"model.name_or_path={args.model}", "model.init=null"]
-    if args.max_steps:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    languages = parse_languages(args.lang) if args.lang else None
-    recipe = load_recipe(args.recipe, overrides, languages=languages)
-    summary = train_and_select(recipe, args.out, resume=args.resume)
-    print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=2))
-    if "validation" in summary:
-        for c in summary["validation"]["candidates"]:
-            print(f"{c['name']:>12}  epoch {c['epoch']:<6g} validation loss {c['loss']:.4f}")
-        print(f"best: {summary['validation']['best']} -> {summary['best_model']}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xllama.alma.stage2", description=__doc__.strip(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    try:
-        return run(args)
-    except XllamaError as e:
-        print(f"xllama.alma.stage2: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,20 +10,6 @@ from __future__ import annotations
 from xllama.errors import XllamaError
 
 
-def length_batches(lengths, batch_tokens: int) -> list[list[int]]:
-    """Indices grouped longest first so that rows x longest row stays within ``batch_tokens``."""
-    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
-    batches, current = [], []
-    for i in order:
-        if current and (len(current) + 1) * int(lengths[current[0]]) > batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
 def validation_set(run_data_dir, tokenizer, max_length: int):
     """The validation pairs stored in a run's ``data/`` (written by ``load_text``), tokenised like training,
     with a ``direction`` column for per-direction losses."""
@@ -54,7 +40,10 @@ def validation_loss(model, examples, pad_token_id: int, batch_tokens: int = 1638
     groups = examples["direction"] if "direction" in examples.column_names else ["all"] * len(examples)
     if device is None:
         device = next(model.parameters()).device
-    batches = length_batches(store.lengths, max(batch_tokens, int(store.lengths.max())))
+    from xllama.eval.generate import plan_batches
+
+    lengths = [int(n) for n in store.lengths]
+    batches = plan_batches(lengths, 0, batch_tokens=max(batch_tokens, max(lengths)))
     loss_by, tokens_by = {}, {}
     was_training = model.training
     model.eval()

@@ -14,7 +14,6 @@ import importlib
 import json
 import logging
 
-from xllama.errors import XllamaError
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
-        command.set_defaults(_eval_run=module.run)
+        command.set_defaults(_eval_run=module.run, _prog=f"xllama eval {name}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,23 +130,3 @@ def run_qa(args: argparse.Namespace) -> int:
     )
     _summary(record)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m xllama.eval.cli`` behaves like ``xllama eval``."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="xllama eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except XllamaError as e:
-        print(f"xllama eval: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

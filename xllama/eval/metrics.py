@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Sequence
 

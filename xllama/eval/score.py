@@ -86,21 +86,3 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.out, result)
     print(json.dumps(result, ensure_ascii=False, indent=2))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run as ``python -m xllama.eval.score`` (the same as ``xllama eval score``)."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="xllama eval score", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except XllamaError as e:
-        print(f"xllama eval score: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

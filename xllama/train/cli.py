@@ -60,7 +60,9 @@ def run(args) -> int:
         from xllama.alma.stage2 import train_and_select
 
         summary = train_and_select(recipe, out, resume=args.resume)
-        summary.pop("validation", None)
+        validation = summary.pop("validation", None)
+        for c in (validation or {}).get("candidates", []):
+            print(f"{c['name']:>12}  epoch {c['epoch']:<6g} validation loss {c['loss']:.4f}")
     else:
         summary = train(recipe, out, resume=args.resume)
     print(json.dumps(summary, indent=2))
