@@ -56,6 +56,7 @@ def build_tiny_comet(folder):
 
 @pytest.fixture(scope="module")
 def tiny_comet(tmp_path_factory):
+    pytest.importorskip("comet", reason="unbabel-comet not installed (pip install 'xllama[comet]')")
     return build_tiny_comet(tmp_path_factory.mktemp("tiny-comet"))
 
 

@@ -185,3 +185,15 @@ def test_detect_language_and_cached_detector(flores):
     assert M.detect_language(flores["de"][0]) == "de"
     assert M.detect_language("") is None
     assert M._language_detector() is M._language_detector()
+
+
+def test_missing_metric_package_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    missing = ("lingua", "comet")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a))
+    with pytest.raises(XllamaError, match="lingua-language-detector"):
+        M.score_translation(["a"], ["a"], "zh", metrics="bleu,off_target")
+    with pytest.raises(XllamaError, match="unbabel-comet"):
+        M.score_translation(["a"], ["a"], "zh", srcs=["a"], metrics="comet")

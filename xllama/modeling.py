@@ -111,9 +111,27 @@ def load_model(spec: str | ModelSource, dtype: str | None = "auto", device: str 
         model = AutoModelForCausalLM.from_pretrained(source.path, **source.kwargs, torch_dtype=torch_dtype, **kwargs)
     except OSError as e:
         raise _hub_error(source, e) from None
+    if source.gguf_file:
+        _drop_gguf_quantizer(model)
     if device is not None:
         model.to(device)
     return model
+
+
+def _drop_gguf_quantizer(model) -> None:
+    """Forget the GGUF "quantizer" that transformers 5 attaches to a model it has de-quantised to float.
+
+    transformers 4.x returns a plain float model. 5.x also leaves ``model.hf_quantizer`` (not serialisable, not
+    trainable) and ``config.quantization_config = GgufConfig``, so ``save_pretrained`` refuses the trained model
+    and a saved config.json would ask for a GGUF file on reload. Where the weights really are float, drop both.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or getattr(method, "value", method) != "gguf":
+        return
+    if any(type(module).__name__ == "GgufLinear" for module in model.modules()):
+        return  # weights left packed in GGUF blocks (a GGUF kernel was available): genuinely quantised
+    quantizer.remove_quantization_config(model)
 
 
 def model_max_length(model) -> int | None:

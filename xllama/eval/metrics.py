@@ -164,6 +164,7 @@ def _load_spm_tokenizer(name: str, path: Path):
 @functools.lru_cache(maxsize=1)
 def _language_detector():
     """lingua's detector restricted to the registry's languages: built once, ~2 s to load its models."""
+    check_metric_packages(["off_target"])
     from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
 
     languages = [Language.from_iso_code_639_1(getattr(IsoCode639_1, code.upper())) for code in LANGUAGES]
@@ -242,6 +243,7 @@ def resolve_comet_checkpoint(model: str) -> Path:
 @functools.lru_cache(maxsize=2)
 def _load_comet(checkpoint: str):
     """Load a COMET model once per process (several translation directions reuse it)."""
+    check_metric_packages(["comet"])
     from comet import load_from_checkpoint
 
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
@@ -302,6 +304,25 @@ def bleurt(hyps: Sequence[str], refs: Sequence[str], model: str = DEFAULT_BLEURT
 # ------------------------------------------------------------------------------------------------ all at once
 
 
+# metric -> (module, distribution, how to install): optional packages, checked before any slow work
+METRIC_PACKAGES = {
+    "off_target": ("lingua", "lingua-language-detector", "pip install lingua-language-detector"),
+    "comet": ("comet", "unbabel-comet", "pip install 'xllama[comet]' (it needs transformers<5 and numpy<2)"),
+}
+
+
+def check_metric_packages(names: Sequence[str]) -> None:
+    """A clear error, not a traceback, when a metric's optional package is not installed."""
+    from importlib.util import find_spec
+
+    for name in names:
+        if name in METRIC_PACKAGES:
+            module, dist, install = METRIC_PACKAGES[name]
+            if find_spec(module) is None:
+                raise XllamaError(f"metric {name!r} needs the {dist} package, which is not installed: {install}; "
+                                  f"or leave {name} out of --metrics")
+
+
 def parse_metrics(spec: str | Sequence[str]) -> tuple[str, ...]:
     """'bleu,chrf,comet' -> validated metric names (order kept, repeats dropped)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -342,6 +363,7 @@ def score_translation(
     names = parse_metrics(metrics)
     target = get_language(tgt).code
     check_segments(hyps, refs, srcs)
+    check_metric_packages(names)
     if "comet" in names and srcs is None:  # fail before any other metric or model is computed
         raise XllamaError("COMET scores (source, hypothesis, reference) triples: give the sources (--src FILE)")
     # A missing SentencePiece model or COMET checkpoint fails here, before any slow work.

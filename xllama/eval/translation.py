@@ -146,7 +146,7 @@ def evaluate_translation(
     """Translate every direction in ``pairs`` with one model, score it, write outputs and results; returns the
     results record. ``model``/``tokenizer`` may be passed already loaded (``model_spec`` then only names it)."""
     from xllama.eval.generate import decoding_settings, eos_token_ids, generate, load_for_generation
-    from xllama.eval.metrics import parse_metrics, score_translation
+    from xllama.eval.metrics import check_metric_packages, parse_metrics, score_translation
     from xllama.modeling import resolve_model
     from xllama.prompts import PROMPT_STYLES, translation_prompt
 
@@ -160,6 +160,7 @@ def evaluate_translation(
     if limit is not None and limit < 1:
         raise XllamaError(f"--limit must be a positive number of sentences (got {limit})")
     metric_names = parse_metrics(metrics)
+    check_metric_packages(metric_names)  # a missing lingua/COMET fails now, not after generating
     # Read every direction's data before loading the model: a bad path fails in a second, not after a minute.
     corpora = {}
     for src, tgt in directions:
