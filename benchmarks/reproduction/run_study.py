@@ -1,0 +1,730 @@
+#!/usr/bin/env python
+"""The paper's study at small scale, run with xllama's own commands: one resumable driver (issue 8).
+
+  python benchmarks/reproduction/run_study.py prepare     # here: compact data pools (+ wheels) to carry
+  python benchmarks/reproduction/run_study.py run --budget-s 500 --bundle $OUT/results.tar.gz   # GPU machine
+  python benchmarks/reproduction/run_study.py collect /work/.device/.../results.tar.gz          # here
+  python benchmarks/reproduction/run_study.py score       # here: off-target rates of the returned outputs
+  python benchmarks/reproduction/run_study.py report      # RESULTS.md and plots from results/
+  python benchmarks/reproduction/run_study.py status      # done / failed / pending, with times
+
+The study (study.yaml) is a list of *units*: build a mix, train, evaluate, align -- each phase one xllama command.
+A unit's result folder (results/<unit>/unit.json last) marks it done, so `run` resumes where the last call or
+session stopped; within a call, an interrupted phase resumes too (training from its checkpoint, evaluation from
+its generation cache). `run` stops starting work when its time budget is spent, so it fits a device call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+WORK = REPO / ".repro"  # ignored by git: pools, base model, run folders, results made on this machine
+POOL = WORK / "pool"
+CARRY = WORK / "carry"
+RESULTS = HERE / "results"  # committed results (collected from the GPU machine)
+NEW_RESULTS = WORK / "results"  # results made on this machine, bundled for collection
+
+
+def use_folders(work: Path, results: Path) -> None:
+    """Point the driver at other folders (tests, a second study) instead of .repro/ and results/."""
+    global WORK, POOL, CARRY, RESULTS, NEW_RESULTS
+    WORK, RESULTS = work.resolve(), results.resolve()
+    POOL, CARRY, NEW_RESULTS = WORK / "pool", WORK / "carry", WORK / "results"
+
+# Where each pool comes from in the shared folder, and its file in the pool.
+INSTRUCTION_SOURCES = {
+    "alpaca-en-zh": ("data/instructions/alpaca-en-zh", "instructions/alpaca-en-zh.json"),
+    "alpaca-de": ("data/instructions/alpaca-de/translated_tasks_de_openai_12k.json", "instructions/alpaca-de.json"),
+    "alpaca-vi": ("data/instructions/alpaca-vi", "instructions/alpaca-vi.jsonl"),
+}
+INSTRUCTION_POOL = {"en": "alpaca-en-zh", "zh": "alpaca-en-zh", "de": "alpaca-de", "vi": "alpaca-vi"}
+FLORES_CODES = {"en": "eng", "zh": "zho_simpl", "de": "deu", "ru": "rus", "vi": "vie", "ar": "ara", "el": "ell",
+                "hi": "hin", "tr": "tur"}
+MIN_PHASE_S = 20  # a phase is not started with less time left than this
+STOP_GRACE_S = 45  # after SIGTERM at the deadline: time to finish the step and checkpoint
+WHEELS = ["datasets==5.0.1", "dill==0.4.1", "multiprocess==0.70.19", "gguf==0.19.0"]  # missing on the GPU machine
+
+
+class StudyError(Exception):
+    """A problem with the study file, the pools or a results folder: printed as one line, exit status 2."""
+
+
+class BudgetSpent(Exception):
+    """The time budget ran out in the middle of a phase (it was stopped cleanly and resumes next time)."""
+
+
+# --- the study -----------------------------------------------------------------------------------------------
+
+def load_study(path: Path) -> dict:
+    try:
+        study = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise StudyError(f"{path}: cannot read the study: {e}") from None
+    for key in ("model", "shared", "recipe", "pools", "guard", "models", "evaluation", "alignment", "scaling",
+                "instructions_per_language"):
+        if key not in (study or {}):
+            raise StudyError(f"{path}: missing key {key!r}")
+    for name, spec in study["models"].items():
+        unknown = set(spec or {}) - {"instructions", "pairs"}
+        if unknown:
+            raise StudyError(f"{path}: models.{name}: unknown key(s) {sorted(unknown)}; expected instructions, pairs")
+        for lang in (spec or {}).get("instructions", []):
+            if lang not in INSTRUCTION_POOL:
+                raise StudyError(f"{path}: models.{name}.instructions: no Alpaca pool for {lang!r} "
+                                 f"(have {', '.join(INSTRUCTION_POOL)})")
+        for lang in (spec or {}).get("pairs", []):
+            if lang not in study["pools"]["parallel"]:
+                raise StudyError(f"{path}: models.{name}.pairs: {lang!r} is not in pools.parallel")
+    for size in study["scaling"]["sizes"]:
+        if size != "all" and (not isinstance(size, int) or size < 1):
+            raise StudyError(f"{path}: scaling.sizes: expected positive integers or 'all', got {size!r}")
+    study["_path"] = str(path)
+    return study
+
+
+@dataclass
+class Unit:
+    """One row of the study: an optional mix + training run, then evaluation (and alignment)."""
+
+    name: str
+    kind: str  # main | scaling | allocation
+    mix: dict | None  # a MixSpec dict for `xllama data build --spec` (None: the base model, untrained)
+    pairs: list[str]  # translation directions to evaluate
+    lines: int
+    qa: list[str] = field(default_factory=list)
+    questions: int = 0
+    align: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+def _rel(path: Path) -> str:
+    return os.path.relpath(path, REPO)
+
+
+def _mix(instructions: list[str], pairs: list[str], study: dict, sizes: dict | None = None,
+         parallel_sizes: dict | None = None) -> dict:
+    """A MixSpec dict over the pools; the named mix (alpaca / x-llama / m-llama) wherever one describes it."""
+    langs = [lang for lang in instructions if lang != "en"]
+    if pairs and sorted(langs) == sorted(pairs) and "en" in instructions:
+        kind = "x-llama" if len(pairs) == 1 else "m-llama"
+    elif instructions == ["en"] and not pairs:
+        kind = "alpaca"
+    else:
+        kind = "custom"
+    spec = {
+        "mix": kind,
+        "instructions": {lang: _rel(POOL / INSTRUCTION_SOURCES[INSTRUCTION_POOL[lang]][1]) for lang in instructions},
+        "parallel": {f"en-{lang}": _rel(POOL / "parallel" / f"{lang}en") for lang in pairs},
+        "guard": [_rel(POOL / name) for name in study["guard"]],
+        "directions": "en-x",
+        "seed": study["pools"]["seed"],
+    }
+    if kind in ("x-llama", "m-llama"):
+        spec["languages"] = list(pairs)
+    if sizes:
+        spec["sizes"] = sizes
+    if parallel_sizes:
+        spec["parallel_sizes"] = parallel_sizes
+    return spec
+
+
+def units(study: dict, allocation: dict | None = None) -> list[Unit]:
+    """Every unit in run order: main models, scaling points, then the two allocations (once the fit exists)."""
+    ev, sc, al = study["evaluation"], study["scaling"], study["alignment"]
+    per_lang = study["instructions_per_language"]
+    pairs = [p for lang in ev["translation_languages"] for p in (f"en-{lang}", f"{lang}-en")]
+    out = []
+    for name, spec in study["models"].items():
+        spec = spec or {}
+        instructions, langs = spec.get("instructions", []), spec.get("pairs", [])
+        mix = None
+        if instructions or langs:
+            mix = _mix(instructions, langs, study, sizes={f"alpaca_{lang}": per_lang for lang in instructions})
+        out.append(Unit(name, "main", mix, pairs, ev["translation_lines"], ev["qa_languages"], ev["qa_questions"],
+                        list(al["pairs"]) if name in al["models"] else [], {"instructions": instructions,
+                                                                             "pairs": langs}))
+    for lang in sc["languages"]:
+        for size in sc["sizes"]:
+            mix = _mix(["en"], [lang], study, sizes={"alpaca_en": sc["instructions_en"]},
+                       parallel_sizes=None if size == "all" else {lang: size})
+            mix["mix"] = "custom"  # English Alpaca + en->X pairs, no translated Alpaca
+            mix.pop("languages", None)
+            out.append(Unit(f"scale-{lang}-{size}", "scaling", mix, [f"en-{lang}"], sc["eval_lines"],
+                            info={"lang": lang, "size": size}))
+    for which in ("optimised", "uniform"):
+        split = None
+        if allocation is not None:
+            split = allocation["allocation"] if which == "optimised" else allocation["uniform"]["allocation"]
+        mix = None
+        if split is not None:
+            mix = _mix(["en"], list(sc["languages"]), study, sizes={"alpaca_en": sc["instructions_en"]},
+                       parallel_sizes={lang: int(n) for lang, n in split.items()})
+            mix["mix"] = "custom"
+            mix.pop("languages", None)
+        out.append(Unit(f"alloc-{which}", "allocation", mix, [f"en-{lang}" for lang in sc["languages"]],
+                        sc["allocation_eval_lines"], info={"split": split, "budget": sc["budget"]}))
+    return out
+
+
+# --- results folders -----------------------------------------------------------------------------------------
+
+def result_dir(name: str) -> Path | None:
+    """The folder holding a finished unit (this machine's results first), or None."""
+    for root in (NEW_RESULTS, RESULTS):
+        if (root / name / "unit.json").is_file():
+            return root / name
+    return None
+
+
+def unit_record(name: str) -> dict | None:
+    folder = result_dir(name)
+    return json.loads((folder / "unit.json").read_text(encoding="utf-8")) if folder else None
+
+
+def scaling_dir() -> Path | None:
+    for root in (NEW_RESULTS, RESULTS):
+        if (root / "scaling" / "allocation.json").is_file():
+            return root / "scaling"
+    return None
+
+
+# --- prepare (here, CPU) -------------------------------------------------------------------------------------
+
+def _records(path: Path) -> list:
+    """Records of a JSON array or JSONL file, or of every such file in a folder (natural order)."""
+    import re
+
+    if path.is_dir():
+        key = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]  # noqa: E731
+        files = sorted((p for p in path.iterdir() if p.suffix in (".json", ".jsonl")), key=key)
+        return [r for f in files for r in _records(f)]
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return json.loads(text)
+
+
+def _atomic_tree(final: Path, build) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def prepare(study: dict, wheels: bool) -> None:
+    """Seeded pools of the shared data -> .repro/pool, packed as .repro/carry/pool.tar.xz for the GPU machine."""
+    import hashlib
+
+    shared = (REPO / study["shared"]).resolve()
+    pools = study["pools"]
+    if not shared.is_dir():
+        raise StudyError(f"shared data folder {shared} not found (study key 'shared')")
+
+    def build(tmp: Path) -> None:
+        made = {"seed": pools["seed"], "shared": str(shared), "files": {}}
+        for name, count in pools["instructions"].items():
+            source, target = INSTRUCTION_SOURCES[name]
+            records = _records(shared / source)
+            keep = sorted(random.Random(f"{pools['seed']}:{name}").sample(range(len(records)), min(count, len(records))))
+            out = tmp / target
+            out.parent.mkdir(parents=True, exist_ok=True)
+            rows = [records[i] for i in keep]
+            if out.suffix == ".jsonl":
+                out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            else:
+                out.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+            made["files"][target] = {"from": source, "records": len(rows), "of": len(records)}
+        for lang in pools["parallel"]:
+            src = shared / "data/parallel/alma-human-written" / f"{lang}en"
+            (tmp / "parallel" / f"{lang}en").mkdir(parents=True)
+            for side in (lang, "en"):
+                name = f"train.{lang}-en.{side}"
+                shutil.copy(src / name, tmp / "parallel" / f"{lang}en" / name)
+                made["files"][f"parallel/{lang}en/{name}"] = {"from": str((src / name).relative_to(shared))}
+        (tmp / "flores101").mkdir()
+        for lang in pools["flores"]:
+            name = f"{FLORES_CODES[lang]}.devtest"
+            shutil.copy(shared / "data/eval/flores101/devtest" / name, tmp / "flores101" / name)
+            made["files"][f"flores101/{name}"] = {"from": f"data/eval/flores101/devtest/{name}"}
+        (tmp / "xquad").mkdir()
+        for lang in pools["xquad"]:
+            shutil.copy(shared / "data/eval/xquad" / f"xquad.{lang}.json", tmp / "xquad" / f"xquad.{lang}.json")
+            made["files"][f"xquad/xquad.{lang}.json"] = {"from": f"data/eval/xquad/xquad.{lang}.json"}
+        for rel, info in made["files"].items():
+            info["sha256"] = hashlib.sha256((tmp / rel).read_bytes()).hexdigest()
+        (tmp / "pools.json").write_text(json.dumps(made, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    _atomic_tree(POOL, build)
+    CARRY.mkdir(parents=True, exist_ok=True)
+    tmp = CARRY / "pool.tar.xz.tmp"
+    with tarfile.open(tmp, "w:xz") as tar:
+        tar.add(POOL, arcname="pool")
+    os.replace(tmp, CARRY / "pool.tar.xz")
+    print(f"pools: {_rel(POOL)} ({_size(POOL)}), packed: {_rel(CARRY / 'pool.tar.xz')} "
+          f"({_size(CARRY / 'pool.tar.xz')})")
+    if wheels:
+        whl = REPO / ".whl"
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+                        "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+                        "-d", str(whl), *WHEELS], check=True)
+        print(f"wheels: {_rel(whl)} ({_size(whl)}): {', '.join(WHEELS)}")
+
+
+def _size(path: Path) -> str:
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return f"{total / 2**20:.1f} MiB"
+
+
+# --- run (the GPU machine) -----------------------------------------------------------------------------------
+
+class Runner:
+    """Runs units phase by phase as xllama commands, each in its own process, within a time budget."""
+
+    def __init__(self, study: dict, model: str, budget_s: float, quiet: bool = False):
+        self.study, self.model = study, model
+        self.deadline = time.monotonic() + budget_s
+        self.quiet = quiet
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]), PYTHONUNBUFFERED="1",
+            TOKENIZERS_PARALLELISM="false")
+
+    # Each phase: (name, command, done?, uses the GPU?)
+    def phases(self, unit: Unit, work: Path, base: str) -> list[tuple[str, list[str], bool, bool]]:
+        study = self.study
+        model = base if unit.mix is None else _rel(work / "run" / "final")
+        phases = []
+        if unit.mix is not None:
+            phases.append(("mix", ["data", "build", "--spec", _rel(work / "mix.yaml"), "--out", _rel(work / "mix"),
+                                   "--quiet"], (work / "mix" / "manifest.json").is_file(), False))
+            train = ["train", "--recipe", study["recipe"], "--model", base, "--data", _rel(work / "mix"),
+                     "--out", _rel(work / "run")]
+            for override in study.get("train_overrides") or []:
+                train += ["--set", override]
+            if (work / "run" / "config.yaml").is_file():
+                train.append("--resume")
+            phases.append(("train", train, (work / "run" / "final" / "config.json").is_file(), True))
+        ev = study["evaluation"]
+        flores = _rel(POOL / "flores101")
+        phases.append(("translation", [
+            "eval", "translation", "--model", model, "--data", flores, "--pairs", ",".join(unit.pairs),
+            "--limit", str(unit.lines), "--max-new-tokens", str(ev["translation_max_new_tokens"]),
+            "--metrics", ev["metrics"], "--out", _rel(work / "eval"), "--no-progress"],
+            _scored(work / "eval", "translation", unit.pairs), True))
+        if unit.qa:
+            phases.append(("qa", [
+                "eval", "qa", "--model", model, "--data", _rel(POOL / "xquad"), "--lang", ",".join(unit.qa),
+                "--limit", str(unit.questions), "--max-new-tokens", str(ev["qa_max_new_tokens"]),
+                "--out", _rel(work / "eval"), "--no-progress"], _scored(work / "eval", "qa", unit.qa), True))
+        if unit.align:
+            phases.append(("align", [
+                "align", "--model", model, "--label", unit.name, "--pairs", ",".join(unit.align),
+                "--data", flores, "--limit", str(study["alignment"]["lines"]), "--out", _rel(work / "align")],
+                (work / "align" / "alignment.json").is_file(), True))
+        return phases
+
+    def call(self, argv: list[str], log: Path) -> tuple[int, float]:
+        """One xllama command in its own process group; at the deadline it gets SIGTERM (training checkpoints)."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if self.deadline - time.monotonic() < MIN_PHASE_S:
+            raise BudgetSpent(f"less than {MIN_PHASE_S} s left before `xllama {argv[0]} {argv[1]}`")
+        began = time.monotonic()
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"$ xllama {shlex.join(argv)}\n")
+            f.flush()
+            proc = subprocess.Popen([sys.executable, "-m", "xllama", *argv], cwd=REPO, env=self.env, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                raise BudgetSpent(f"time budget spent during `xllama {argv[0]} {argv[1]}`") from None
+        return rc, time.monotonic() - began
+
+    def run_unit(self, unit: Unit, base: str) -> dict:
+        work = WORK / "work" / unit.name
+        work.mkdir(parents=True, exist_ok=True)
+        if unit.mix is not None:
+            (work / "mix.yaml").write_text(yaml.safe_dump(unit.mix, sort_keys=False, allow_unicode=True),
+                                           encoding="utf-8")
+        timing_file = work / "timing.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+        record = {"name": unit.name, "kind": unit.kind, "info": unit.info, "status": "ok", "phases": []}
+        for name, argv, done, gpu in self.phases(unit, work, base):
+            if not done:
+                self.say(f"  {unit.name}: {name} ...")
+                rc, wall = self.call(argv, work / "logs" / f"{name}.log")
+                timing[name] = timing.get(name, 0.0) + wall
+                timing_file.write_text(json.dumps(timing))
+                if rc != 0:
+                    tail = (work / "logs" / f"{name}.log").read_text(encoding="utf-8", errors="replace")[-3000:]
+                    record.update(status="failed", failed_phase=name, error=tail)
+                    self.say(f"  {unit.name}: {name} FAILED (exit {rc}); log tail:\n{tail[-1500:]}")
+                    record["phases"].append({"name": name, "command": _command(argv), "wall_s": round(wall, 1),
+                                             "gpu": gpu, "exit": rc})
+                    break
+                self.say(f"  {unit.name}: {name} done in {wall:.0f} s")
+            record["phases"].append({"name": name, "command": _command(argv),
+                                     "wall_s": round(timing.get(name, 0.0), 1), "gpu": gpu})
+        record["environment"] = environment()
+        finish_unit(unit, work, record)
+        return record
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+
+def _command(argv: list[str]) -> str:
+    return "xllama " + shlex.join(argv).replace(" --resume", "")
+
+
+def _scored(folder: Path, task: str, groups: list[str]) -> bool:
+    for path in folder.glob(f"results_{task}_*.json"):
+        scores = json.loads(path.read_text(encoding="utf-8")).get("scores", {})
+        if all(g in scores for g in groups):
+            return True
+    return False
+
+
+def environment() -> dict:
+    import platform
+
+    import torch
+    import transformers
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"}
+    return info
+
+
+def finish_unit(unit: Unit, work: Path, record: dict) -> None:
+    """Copy what the unit produced (small files only) into .repro/results/<unit>, unit.json last."""
+
+    def build(tmp: Path) -> None:
+        copies = [("mix.yaml", "mix.yaml"), ("mix/manifest.json", "manifest.json"),
+                  ("run/config.yaml", "train/config.yaml"), ("run/summary.json", "train/summary.json"),
+                  ("run/metrics.jsonl", "train/metrics.jsonl"), ("run/tokenized/stats.json", "train/tokenized.json"),
+                  ("align/alignment.json", "align/alignment.json"), ("align/alignment.png", "align/alignment.png")]
+        for src, dst in copies:
+            if (work / src).is_file():
+                (tmp / dst).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(work / src, tmp / dst)
+        if (work / "eval").is_dir():
+            for path in (work / "eval").iterdir():
+                if path.name.startswith("results_"):
+                    shutil.copy(path, tmp / path.name)
+                elif path.is_dir() and path.name != "cache":
+                    shutil.copytree(path, tmp / path.name)
+        (tmp / "unit.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    NEW_RESULTS.mkdir(parents=True, exist_ok=True)
+    _atomic_tree(NEW_RESULTS / unit.name, build)
+
+
+def base_checkpoint(model: str) -> str:
+    """A GGUF file is de-quantised once into an HF folder (.repro/models/base) that every run then loads."""
+    if not model.endswith(".gguf"):
+        return model
+    target = WORK / "models" / "base"
+    if not (target / "config.json").is_file():
+        from xllama.modeling import load_model, load_tokenizer
+
+        model_obj, tokenizer = load_model(model, dtype="float32"), load_tokenizer(model)
+
+        def build(tmp: Path) -> None:
+            model_obj.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "source.json").write_text(json.dumps({"gguf": str(Path(model).resolve())}))
+
+        _atomic_tree(target, build)
+    return _rel(target)
+
+
+def scaling_points(study: dict) -> list[dict] | None:
+    """One point per finished scaling unit: pairs actually used (after cleaning) and the en->X scores."""
+    sc = study["scaling"]
+    points = []
+    for lang in sc["languages"]:
+        for size in sc["sizes"]:
+            record, folder = unit_record(f"scale-{lang}-{size}"), result_dir(f"scale-{lang}-{size}")
+            if record is None or record["status"] != "ok":
+                return None
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+            used = _pairs_used(manifest, lang)
+            scores = translation_scores(folder)[f"en-{lang}"]
+            points.append({"lang": lang, "size": used, "requested": size, "score": scores[sc["metric"]],
+                           "bleu": scores["bleu"], "chrf": scores["chrf"],
+                           "available": _pairs_available(manifest, lang)})
+    return points
+
+
+def _pair_info(manifest: dict, lang: str) -> dict:
+    for key, info in manifest.get("sizes", {}).items():
+        if key in (f"translation_en-{lang}", f"translation_{lang}-en"):
+            return info
+    raise StudyError(f"mix manifest has no size entry for en-{lang} pairs (keys: {sorted(manifest.get('sizes', {}))})")
+
+
+def _pairs_used(manifest: dict, lang: str) -> int:
+    return int(_pair_info(manifest, lang)["used"])
+
+
+def _pairs_available(manifest: dict, lang: str) -> int:
+    return int(_pair_info(manifest, lang)["available"])
+
+
+def translation_scores(folder: Path) -> dict:
+    scores = {}
+    for path in sorted(folder.glob("results_translation_*.json")):
+        scores.update(json.loads(path.read_text(encoding="utf-8"))["scores"])
+    return scores
+
+
+def fit_and_allocate(study: dict, quiet: bool = False) -> dict | None:
+    """When every scaling point exists: `xllama scaling fit` and `xllama scaling allocate` (CPU, seconds)."""
+    from xllama.cli import main as xllama
+
+    done = scaling_dir()
+    if done is not None:
+        return json.loads((done / "allocation.json").read_text(encoding="utf-8"))
+    points = scaling_points(study)
+    if points is None:
+        return None
+    sc = study["scaling"]
+    caps = {p["lang"]: p["available"] for p in points}
+
+    folder = NEW_RESULTS / "scaling"  # allocation.json, written last by `xllama scaling allocate`, marks it done
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "points.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["lang", "size", "score", "requested", "bleu", "chrf", "available"])
+        writer.writeheader()
+        writer.writerows(points)
+    fit = ["scaling", "fit", _rel(folder / "points.csv"), "--out", _rel(folder / "fit.json"), "--plot",
+           _rel(folder / "fit.png"), "--seed", "0"]
+    allocate = ["scaling", "allocate", _rel(folder / "fit.json"), "--budget", str(sc["budget"]),
+                *[a for lang, n in caps.items() for a in ("--cap", f"{lang}={n}")], "--out",
+                _rel(folder / "allocation.json.tmp")]
+    commands = [_command(a).replace(_rel(folder), _rel(RESULTS / "scaling")).replace(".json.tmp", ".json")
+                for a in (fit, allocate)]
+    (folder / "commands.json").write_text(json.dumps(commands, indent=2) + "\n", encoding="utf-8")
+    for argv in (fit, allocate):
+        with open(folder / "log.txt", "a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
+            log.write(f"$ xllama {shlex.join(argv)}\n")
+            code = xllama(argv)
+        if code != 0:
+            raise StudyError(f"`xllama {shlex.join(argv)}` failed (see {_rel(folder / 'log.txt')})")
+    os.replace(folder / "allocation.json.tmp", folder / "allocation.json")
+    return json.loads((NEW_RESULTS / "scaling" / "allocation.json").read_text(encoding="utf-8"))
+
+
+def run(study: dict, model: str, budget_s: float, only: list[str] | None, retry_failed: bool,
+        bundle: str | None, quiet: bool = False) -> int:
+    began = time.monotonic()
+    if not POOL.is_dir():
+        packed = CARRY / "pool.tar.xz"
+        if not packed.is_file():
+            raise StudyError(f"no data pools: run `prepare` first (expected {_rel(POOL)} or {_rel(packed)})")
+        with tarfile.open(packed) as tar:
+            tar.extractall(WORK, filter="data")
+    runner = Runner(study, model, budget_s, quiet)
+    base = None
+    status = "completed"
+    try:
+        for pass_ in range(2):  # the second pass picks up the allocation units once the scaling fit exists
+            allocation = fit_and_allocate(study, quiet)
+            for unit in units(study, allocation):
+                if only and unit.name not in only:
+                    continue
+                record = unit_record(unit.name)
+                if record is not None and (record["status"] == "ok" or not retry_failed):
+                    continue
+                if unit.kind == "allocation" and unit.mix is None:
+                    continue  # waits for every scaling point
+                if record is not None:  # a failed unit being retried
+                    shutil.rmtree(result_dir(unit.name))
+                base = base or base_checkpoint(model)
+                runner.say(f"{unit.name} ({unit.kind})")
+                runner.run_unit(unit, base)
+            if pass_ == 0 and allocation is not None:
+                break
+    except BudgetSpent as e:
+        status = f"stopped: {e}; run again to continue"
+    finally:
+        if bundle:
+            write_bundle(Path(bundle))
+    print(f"{status} after {time.monotonic() - began:.0f} s", flush=True)
+    print_status(study)
+    return 0
+
+
+def write_bundle(path: Path) -> None:
+    """Every result made on this machine, as one file to bring back (collect)."""
+    if not NEW_RESULTS.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for entry in sorted(NEW_RESULTS.iterdir()):
+            if not entry.name.endswith(".tmp"):
+                tar.add(entry, arcname=entry.name)
+    os.replace(tmp, path)
+
+
+# --- collect, score, status (here) ---------------------------------------------------------------------------
+
+def collect(bundles: list[str], force: bool) -> None:
+    for name in bundles:
+        path = Path(name)
+        if path.is_dir():
+            path = path / "results.tar.gz"
+        if not path.is_file():
+            raise StudyError(f"no results bundle at {path}")
+        staging = WORK / "collect.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        with tarfile.open(path) as tar:
+            tar.extractall(staging, filter="data")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        for entry in sorted(staging.iterdir()):
+            target = RESULTS / entry.name
+            if target.exists() and not force:
+                print(f"kept {_rel(target)} (already collected; --force replaces it)")
+                continue
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.move(str(entry), target)
+            print(f"collected {_rel(target)}")
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def score(study: dict) -> None:
+    """Off-target rate of every returned translation output: `xllama eval score --metrics off_target`."""
+    from xllama.cli import main as xllama
+
+    if not RESULTS.is_dir():
+        raise StudyError(f"no results in {_rel(RESULTS)}: collect a bundle first")
+    for folder in sorted(p for p in RESULTS.iterdir() if (p / "unit.json").is_file()):
+        target = folder / "off_target.json"
+        done = json.loads(target.read_text(encoding="utf-8")) if target.is_file() else {}
+        for results_file in sorted(folder.glob("results_translation_*.json")):
+            results = json.loads(results_file.read_text(encoding="utf-8"))
+            for pair, output in results["extra"]["outputs"].items():
+                if pair in done:
+                    continue
+                src, tgt = pair.split("-")
+                hyp = folder / output.split("/", 1)[0] / Path(output).name
+                n = len(hyp.read_text(encoding="utf-8").splitlines())
+                ref = WORK / "refs" / f"{tgt}.{n}.txt"
+                if not ref.is_file():
+                    flores = (REPO / study["shared"]) / "data/eval/flores101/devtest" / f"{FLORES_CODES[tgt]}.devtest"
+                    ref.parent.mkdir(parents=True, exist_ok=True)
+                    ref.write_text("".join(flores.read_text(encoding="utf-8").splitlines(True)[:n]), encoding="utf-8")
+                out = WORK / "refs" / "score.json"
+                argv = ["eval", "score", "--hyp", str(hyp), "--ref", str(ref), "--tgt", tgt, "--metrics",
+                        "off_target", "--out", str(out)]
+                with contextlib.redirect_stdout(None):
+                    code = xllama(argv)
+                if code != 0:
+                    raise StudyError(f"`xllama {shlex.join(argv)}` failed")
+                scored = json.loads(out.read_text(encoding="utf-8"))
+                done[pair] = {"off_target": scored["off_target"], "n": scored["n"],
+                              "command": f"xllama eval score --hyp {_rel(hyp)} --ref <first {n} lines of FLORES-101 "
+                                         f"{FLORES_CODES[tgt]}.devtest> --tgt {tgt} --metrics off_target"}
+                tmp = target.with_name(target.name + ".tmp")
+                tmp.write_text(json.dumps(done, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+                os.replace(tmp, target)
+        print(f"{folder.name}: off-target scored for {len(done)} directions")
+
+
+def print_status(study: dict) -> None:
+    allocation = None
+    folder = scaling_dir()
+    if folder is not None:
+        allocation = json.loads((folder / "allocation.json").read_text(encoding="utf-8"))
+    rows = []
+    for unit in units(study, allocation):
+        record = unit_record(unit.name)
+        if record is None:
+            state = "waiting for the scaling fit" if unit.kind == "allocation" and unit.mix is None else "pending"
+            rows.append(f"  {unit.name:<22} {state}")
+            continue
+        wall = sum(p["wall_s"] for p in record["phases"])
+        rows.append(f"  {unit.name:<22} {record['status']:<7} {wall:7.0f} s  {result_dir(unit.name).parent.name}/")
+    print("units:\n" + "\n".join(rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", default=str(HERE / "study.yaml"), help="the study file (default: %(default)s)")
+    parser.add_argument("--work", default=str(WORK), help="working folder, ignored by git (default: %(default)s)")
+    parser.add_argument("--results", default=str(RESULTS),
+                        help="collected results; RESULTS.md is written beside it (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="make the data pools (and wheels) to carry to the GPU machine")
+    p.add_argument("--wheels", action="store_true", help=f"also download wheels into .whl/: {', '.join(WHEELS)}")
+    r = sub.add_parser("run", help="run pending units within a time budget")
+    r.add_argument("--model", help="base model: .gguf file or HF folder (default: the study's)")
+    r.add_argument("--budget-s", type=float, default=540, help="stop starting work after this many seconds")
+    r.add_argument("--only", help="comma-separated unit names")
+    r.add_argument("--retry-failed", action="store_true", help="run failed units again")
+    r.add_argument("--bundle", help="write this machine's results here as a .tar.gz (e.g. $OUT/results.tar.gz)")
+    r.add_argument("--quiet", action="store_true")
+    c = sub.add_parser("collect", help="unpack result bundles into benchmarks/reproduction/results")
+    c.add_argument("bundles", nargs="+")
+    c.add_argument("--force", action="store_true", help="replace units already collected")
+    sub.add_parser("score", help="off-target rate of every collected translation output (lingua, CPU)")
+    sub.add_parser("report", help="write RESULTS.md and the plots from the collected results")
+    sub.add_parser("status", help="which units are done, failed or pending")
+    args = parser.parse_args(argv)
+    use_folders(Path(args.work), Path(args.results))
+    try:
+        study = load_study(Path(args.study))
+        if args.command == "prepare":
+            prepare(study, args.wheels)
+        elif args.command == "run":
+            model = args.model or str((REPO / study["model"]).resolve())
+            only = args.only.split(",") if args.only else None
+            return run(study, model, args.budget_s, only, args.retry_failed, args.bundle, args.quiet)
+        elif args.command == "collect":
+            collect(args.bundles, args.force)
+        elif args.command == "score":
+            score(study)
+        elif args.command == "report":
+            sys.path.insert(0, str(HERE))
+            from report import write_report  # benchmarks/reproduction/report.py
+
+            write_report(study, RESULTS, RESULTS.parent / "RESULTS.md")
+        else:
+            print_status(study)
+    except StudyError as e:
+        print(f"run_study.py {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
