@@ -3,7 +3,7 @@
 
   python benchmarks/reproduction/run_study.py prepare     # here: compact data pools (+ wheels) to carry
   python benchmarks/reproduction/run_study.py run --budget-s 500 --bundle $OUT/results.tar.gz   # GPU machine
-  python benchmarks/reproduction/run_study.py collect /work/.device/.../results.tar.gz          # here
+  python benchmarks/reproduction/run_study.py collect FILES_AT/results.tar.gz                  # here
   python benchmarks/reproduction/run_study.py score       # here: off-target rates of the returned outputs
   python benchmarks/reproduction/run_study.py report      # RESULTS.md and plots from results/
   python benchmarks/reproduction/run_study.py status      # done / failed / pending, with times
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import importlib.util
 import json
 import os
 import random
@@ -36,6 +37,12 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+if importlib.util.find_spec("xllama") is None:  # not installed (the GPU machine): use this checkout's
+    sys.path.insert(0, str(REPO))
+
+from xllama.data.sources import natural_key  # noqa: E402
+from xllama.errors import XllamaError  # noqa: E402
+from xllama.io import atomic_directory, atomic_write_json, iter_jsonl, read_json  # noqa: E402
 WORK = REPO / ".repro"  # ignored by git: pools, base model, run folders, results made on this machine
 POOL = WORK / "pool"
 CARRY = WORK / "carry"
@@ -210,25 +217,10 @@ def scaling_dir() -> Path | None:
 
 def _records(path: Path) -> list:
     """Records of a JSON array or JSONL file, or of every such file in a folder (natural order)."""
-    import re
-
     if path.is_dir():
-        key = lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]  # noqa: E731
-        files = sorted((p for p in path.iterdir() if p.suffix in (".json", ".jsonl")), key=key)
+        files = sorted((p for p in path.iterdir() if p.suffix in (".json", ".jsonl")), key=natural_key)
         return [r for f in files for r in _records(f)]
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return json.loads(text)
-
-
-def _atomic_tree(final: Path, build) -> None:
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    build(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    return [r for _, r in iter_jsonl(path)] if path.suffix == ".jsonl" else read_json(path)
 
 
 def prepare(study: dict, wheels: bool) -> None:
@@ -274,7 +266,8 @@ def prepare(study: dict, wheels: bool) -> None:
             info["sha256"] = hashlib.sha256((tmp / rel).read_bytes()).hexdigest()
         (tmp / "pools.json").write_text(json.dumps(made, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    _atomic_tree(POOL, build)
+    with atomic_directory(POOL, overwrite=True) as tmp:
+        build(tmp)
     CARRY.mkdir(parents=True, exist_ok=True)
     tmp = CARRY / "pool.tar.xz.tmp"
     with tarfile.open(tmp, "w:xz") as tar:
@@ -443,8 +436,8 @@ def finish_unit(unit: Unit, work: Path, record: dict) -> None:
                     shutil.copytree(path, tmp / path.name)
         (tmp / "unit.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    NEW_RESULTS.mkdir(parents=True, exist_ok=True)
-    _atomic_tree(NEW_RESULTS / unit.name, build)
+    with atomic_directory(NEW_RESULTS / unit.name, overwrite=True) as tmp:
+        build(tmp)
 
 
 def base_checkpoint(model: str) -> str:
@@ -462,7 +455,8 @@ def base_checkpoint(model: str) -> str:
             tokenizer.save_pretrained(tmp)
             (tmp / "source.json").write_text(json.dumps({"gguf": str(Path(model).resolve())}))
 
-        _atomic_tree(target, build)
+        with atomic_directory(target, overwrite=True) as tmp:
+            build(tmp)
     return _rel(target)
 
 
@@ -591,7 +585,7 @@ def write_bundle(path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
         for entry in sorted(NEW_RESULTS.iterdir()):
-            if not entry.name.endswith(".tmp"):
+            if not entry.name.startswith("."):  # skip atomic_directory's work in progress
                 tar.add(entry, arcname=entry.name)
     os.replace(tmp, path)
 
@@ -654,9 +648,7 @@ def score(study: dict) -> None:
                 done[pair] = {"off_target": scored["off_target"], "n": scored["n"],
                               "command": f"xllama eval score --hyp {_rel(hyp)} --ref <first {n} lines of FLORES-101 "
                                          f"{FLORES_CODES[tgt]}.devtest> --tgt {tgt} --metrics off_target"}
-                tmp = target.with_name(target.name + ".tmp")
-                tmp.write_text(json.dumps(done, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-                os.replace(tmp, target)
+                atomic_write_json(target, done)
         print(f"{folder.name}: off-target scored for {len(done)} directions")
 
 
@@ -720,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
             write_report(study, RESULTS, RESULTS.parent / "RESULTS.md")
         else:
             print_status(study)
-    except StudyError as e:
+    except (StudyError, XllamaError) as e:
         print(f"run_study.py {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0
