@@ -10,6 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from xllama.io import atomic_write_text
+
 PAPER = "Zhu et al. 2023, Extrapolating Large Language Models to Non-English by Aligning Languages"
 QA_METRICS = [("squad_em", "EM"), ("mlqa_em", "MLQA-EM"), ("contains", "contains")]
 
@@ -159,7 +161,7 @@ def claims(units: dict, study: dict) -> list[dict]:
             u = unit(f"scale-{lang}-{size}")
             value = _get(u, "translation", f"en-{lang}", sc["metric"])
             if value is not None and "manifest" in u:
-                points.append((_pairs_used(u["manifest"], lang), value))
+                points.append((pair_sizes(u["manifest"], lang)["used"], value))
         rho = spearman([p[0] for p in points], [p[1] for p in points]) if len(points) == len(sc["sizes"]) else None
         checks.append({"check": f"en-{lang}: Spearman rank correlation of pairs and {sc['metric'].upper()}",
                        "a": rho, "b": 0.0, "holds": None if rho is None else rho > 0.5})
@@ -203,11 +205,12 @@ def claims(units: dict, study: dict) -> list[dict]:
     return out
 
 
-def _pairs_used(manifest: dict, lang: str) -> int | None:
-    for key, info in manifest.get("sizes", {}).items():
-        if lang in key.replace("_", "-").split("-") and "used" in info and not key.startswith("alpaca"):
-            return int(info["used"])
-    return None
+def pair_sizes(manifest: dict, lang: str) -> dict:
+    """The en-X pairs' size entry of a mix manifest: requested, available (after cleaning) and used."""
+    for key in (f"translation_en-{lang}", f"translation_{lang}-en"):
+        if key in manifest.get("sizes", {}):
+            return manifest["sizes"][key]
+    raise ValueError(f"mix manifest has no size entry for en-{lang} pairs (keys: {sorted(manifest.get('sizes', {}))})")
 
 
 def _mean_pairs(unit: dict | None, sc: dict) -> float | None:
@@ -220,14 +223,12 @@ def _mean_pairs(unit: dict | None, sc: dict) -> float | None:
 def write_report(study: dict, results: Path, out: Path) -> None:
     units = load_units(results)
     text = render(study, units, results)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, text)
     print(f"wrote {out} ({len(units)} units)")
 
 
 def render(study: dict, units: dict, results: Path) -> str:
-    ev, sc = study["evaluation"], study["scaling"]
+    ev = study["evaluation"]
     main = [n for n in study["models"] if n in units]
     lines = [
         "# Reproduction study: x-LLaMA / m-LLaMA claims at small scale",
@@ -339,7 +340,7 @@ def _scaling(study: dict, units: dict, results: Path) -> list[str]:
         cells = []
         for size in sc["sizes"]:
             u = units.get(f"scale-{lang}-{size}")
-            n = _pairs_used(u["manifest"], lang) if u is not None and "manifest" in u else None
+            n = pair_sizes(u["manifest"], lang)["used"] if u is not None and "manifest" in u else None
             b, c = _get(u, "translation", f"en-{lang}", "bleu"), _get(u, "translation", f"en-{lang}", "chrf")
             cells.append("–" if b is None else f"{_fmt(b)} / {_fmt(c)} (n={n})")
         lines.append(f"| en-{lang} BLEU / chrF++ | " + " | ".join(cells) + " |")

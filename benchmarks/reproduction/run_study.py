@@ -43,6 +43,10 @@ if importlib.util.find_spec("xllama") is None:  # not installed (the GPU machine
 from xllama.data.sources import natural_key  # noqa: E402
 from xllama.errors import XllamaError  # noqa: E402
 from xllama.io import atomic_directory, atomic_write_json, iter_jsonl, read_json  # noqa: E402
+from xllama.languages import get_language  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+from report import pair_sizes, write_report  # noqa: E402  (benchmarks/reproduction/report.py)
 WORK = REPO / ".repro"  # ignored by git: pools, base model, run folders, results made on this machine
 POOL = WORK / "pool"
 CARRY = WORK / "carry"
@@ -63,8 +67,6 @@ INSTRUCTION_SOURCES = {
     "alpaca-vi": ("data/instructions/alpaca-vi", "instructions/alpaca-vi.jsonl"),
 }
 INSTRUCTION_POOL = {"en": "alpaca-en-zh", "zh": "alpaca-en-zh", "de": "alpaca-de", "vi": "alpaca-vi"}
-FLORES_CODES = {"en": "eng", "zh": "zho_simpl", "de": "deu", "ru": "rus", "vi": "vie", "ar": "ara", "el": "ell",
-                "hi": "hin", "tr": "tur"}
 MIN_PHASE_S = 20  # a phase is not started with less time left than this
 STOP_GRACE_S = 45  # after SIGTERM at the deadline: time to finish the step and checkpoint
 WHEELS = ["datasets==5.0.1", "dill==0.4.1", "multiprocess==0.70.19", "gguf==0.19.0"]  # missing on the GPU machine
@@ -103,7 +105,6 @@ def load_study(path: Path) -> dict:
     for size in study["scaling"]["sizes"]:
         if size != "all" and (not isinstance(size, int) or size < 1):
             raise StudyError(f"{path}: scaling.sizes: expected positive integers or 'all', got {size!r}")
-    study["_path"] = str(path)
     return study
 
 
@@ -127,10 +128,13 @@ def _rel(path: Path) -> str:
 
 
 def _mix(instructions: list[str], pairs: list[str], study: dict, sizes: dict | None = None,
-         parallel_sizes: dict | None = None) -> dict:
-    """A MixSpec dict over the pools; the named mix (alpaca / x-llama / m-llama) wherever one describes it."""
+         parallel_sizes: dict | None = None, named: bool = True) -> dict:
+    """A MixSpec dict over the pools; the named mix (alpaca / x-llama / m-llama) wherever one describes it,
+    unless ``named`` is False (English Alpaca + pairs only: the scaling and allocation runs)."""
     langs = [lang for lang in instructions if lang != "en"]
-    if pairs and sorted(langs) == sorted(pairs) and "en" in instructions:
+    if not named:
+        kind = "custom"
+    elif pairs and sorted(langs) == sorted(pairs) and "en" in instructions:
         kind = "x-llama" if len(pairs) == 1 else "m-llama"
     elif instructions == ["en"] and not pairs:
         kind = "alpaca"
@@ -171,9 +175,7 @@ def units(study: dict, allocation: dict | None = None) -> list[Unit]:
     for lang in sc["languages"]:
         for size in sc["sizes"]:
             mix = _mix(["en"], [lang], study, sizes={"alpaca_en": sc["instructions_en"]},
-                       parallel_sizes=None if size == "all" else {lang: size})
-            mix["mix"] = "custom"  # English Alpaca + en->X pairs, no translated Alpaca
-            mix.pop("languages", None)
+                       parallel_sizes=None if size == "all" else {lang: size}, named=False)
             out.append(Unit(f"scale-{lang}-{size}", "scaling", mix, [f"en-{lang}"], sc["eval_lines"],
                             info={"lang": lang, "size": size}))
     for which in ("optimised", "uniform"):
@@ -183,9 +185,7 @@ def units(study: dict, allocation: dict | None = None) -> list[Unit]:
         mix = None
         if split is not None:
             mix = _mix(["en"], list(sc["languages"]), study, sizes={"alpaca_en": sc["instructions_en"]},
-                       parallel_sizes={lang: int(n) for lang, n in split.items()})
-            mix["mix"] = "custom"
-            mix.pop("languages", None)
+                       parallel_sizes={lang: int(n) for lang, n in split.items()}, named=False)
         out.append(Unit(f"alloc-{which}", "allocation", mix, [f"en-{lang}" for lang in sc["languages"]],
                         sc["allocation_eval_lines"], info={"split": split, "budget": sc["budget"]}))
     return out
@@ -255,7 +255,7 @@ def prepare(study: dict, wheels: bool) -> None:
                 made["files"][f"parallel/{lang}en/{name}"] = {"from": str((src / name).relative_to(shared))}
         (tmp / "flores101").mkdir()
         for lang in pools["flores"]:
-            name = f"{FLORES_CODES[lang]}.devtest"
+            name = f"{get_language(lang).flores101}.devtest"
             shutil.copy(shared / "data/eval/flores101/devtest" / name, tmp / "flores101" / name)
             made["files"][f"flores101/{name}"] = {"from": f"data/eval/flores101/devtest/{name}"}
         (tmp / "xquad").mkdir()
@@ -470,27 +470,12 @@ def scaling_points(study: dict) -> list[dict] | None:
             if record is None or record["status"] != "ok":
                 return None
             manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-            used = _pairs_used(manifest, lang)
+            sizes = pair_sizes(manifest, lang)
             scores = translation_scores(folder)[f"en-{lang}"]
-            points.append({"lang": lang, "size": used, "requested": size, "score": scores[sc["metric"]],
+            points.append({"lang": lang, "size": sizes["used"], "requested": size, "score": scores[sc["metric"]],
                            "bleu": scores["bleu"], "chrf": scores["chrf"],
-                           "available": _pairs_available(manifest, lang)})
+                           "available": sizes["available"]})
     return points
-
-
-def _pair_info(manifest: dict, lang: str) -> dict:
-    for key, info in manifest.get("sizes", {}).items():
-        if key in (f"translation_en-{lang}", f"translation_{lang}-en"):
-            return info
-    raise StudyError(f"mix manifest has no size entry for en-{lang} pairs (keys: {sorted(manifest.get('sizes', {}))})")
-
-
-def _pairs_used(manifest: dict, lang: str) -> int:
-    return int(_pair_info(manifest, lang)["used"])
-
-
-def _pairs_available(manifest: dict, lang: str) -> int:
-    return int(_pair_info(manifest, lang)["available"])
 
 
 def translation_scores(folder: Path) -> dict:
@@ -500,7 +485,7 @@ def translation_scores(folder: Path) -> dict:
     return scores
 
 
-def fit_and_allocate(study: dict, quiet: bool = False) -> dict | None:
+def fit_and_allocate(study: dict) -> dict | None:
     """When every scaling point exists: `xllama scaling fit` and `xllama scaling allocate` (CPU, seconds)."""
     from xllama.cli import main as xllama
 
@@ -551,7 +536,7 @@ def run(study: dict, model: str, budget_s: float, only: list[str] | None, retry_
     status = "completed"
     try:
         for pass_ in range(2):  # the second pass picks up the allocation units once the scaling fit exists
-            allocation = fit_and_allocate(study, quiet)
+            allocation = fit_and_allocate(study)
             for unit in units(study, allocation):
                 if only and unit.name not in only:
                     continue
@@ -629,12 +614,13 @@ def score(study: dict) -> None:
             for pair, output in results["extra"]["outputs"].items():
                 if pair in done:
                     continue
-                src, tgt = pair.split("-")
-                hyp = folder / output.split("/", 1)[0] / Path(output).name
+                tgt = pair.split("-")[1]
+                code = get_language(tgt).flores101
+                hyp = folder / output
                 n = len(hyp.read_text(encoding="utf-8").splitlines())
                 ref = WORK / "refs" / f"{tgt}.{n}.txt"
                 if not ref.is_file():
-                    flores = (REPO / study["shared"]) / "data/eval/flores101/devtest" / f"{FLORES_CODES[tgt]}.devtest"
+                    flores = (REPO / study["shared"]) / "data/eval/flores101/devtest" / f"{code}.devtest"
                     ref.parent.mkdir(parents=True, exist_ok=True)
                     ref.write_text("".join(flores.read_text(encoding="utf-8").splitlines(True)[:n]), encoding="utf-8")
                 out = WORK / "refs" / "score.json"
@@ -647,7 +633,7 @@ def score(study: dict) -> None:
                 scored = json.loads(out.read_text(encoding="utf-8"))
                 done[pair] = {"off_target": scored["off_target"], "n": scored["n"],
                               "command": f"xllama eval score --hyp {_rel(hyp)} --ref <first {n} lines of FLORES-101 "
-                                         f"{FLORES_CODES[tgt]}.devtest> --tgt {tgt} --metrics off_target"}
+                                         f"{code}.devtest> --tgt {tgt} --metrics off_target"}
                 atomic_write_json(target, done)
         print(f"{folder.name}: off-target scored for {len(done)} directions")
 
@@ -706,9 +692,6 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "score":
             score(study)
         elif args.command == "report":
-            sys.path.insert(0, str(HERE))
-            from report import write_report  # benchmarks/reproduction/report.py
-
             write_report(study, RESULTS, RESULTS.parent / "RESULTS.md")
         else:
             print_status(study)
