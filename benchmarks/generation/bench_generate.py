@@ -8,7 +8,8 @@ Both decode greedily, so their outputs must be identical; the script counts and 
     python benchmarks/generation/bench_generate.py --limit 64          # CPU: a small slice
     python benchmarks/generation/bench_generate.py                     # GPU: bf16, the whole devtest
 
-Writes ``<out>/bench_<device>.md`` and ``.json`` (default out: benchmarks/generation/results).
+Writes ``<out>/bench_<device>.md`` and ``.json`` (default out: runs/benchmarks/generation, ignored by git;
+the committed record is RESULTS.md beside this file).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", help="default: bfloat16 on GPU, the checkpoint's on CPU")
     parser.add_argument("--device", help="default: cuda when available")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(HERE.parent.parent / "runs" / "benchmarks" / "generation"))
     args = parser.parse_args(argv)
 
     import torch
