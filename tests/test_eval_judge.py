@@ -215,3 +215,27 @@ def test_mismatched_files(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps({"instruction": "q"}) + "\n")
     with pytest.raises(XllamaError, match="c.jsonl: line 1: missing 'answer'"):
         J.read_answers(tmp_path / "c.jsonl")
+
+
+def test_a_rerun_costs_nothing_thanks_to_the_cache(server, tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", ANSWERS_A)
+    b = write_jsonl(tmp_path / "b.jsonl", ANSWERS_B)
+    cache = tmp_path / "judge.cache.jsonl"
+    first = J.judge_files(a, b, client(server), concurrency=2, cache=cache)
+    # q3's two answers are the same text, so its second order is the first's request: asked once
+    assert len(server.requests) == 7 and first["judge"]["cached_replies"] == 1
+    again = J.judge_files(a, b, client(server), concurrency=2, cache=cache)
+    assert len(server.requests) == 7 and again["judge"]["cached_replies"] == 8  # no new request
+    assert again["items"] == first["items"]
+    # the key holds the judge model and both answers: another model, or a changed answer, is asked again
+    J.judge_files(a, b, client(server), cache=cache, limit=1)
+    assert len(server.requests) == 7
+    other = J.JudgeClient(server.base_url, "other-judge", "test-key", timeout=10, backoff=0.01)
+    J.judge_files(a, b, other, cache=cache, limit=1)
+    assert len(server.requests) == 9
+    changed = write_jsonl(tmp_path / "b2.jsonl", ["A good but different answer."] + ANSWERS_B[1:])
+    J.judge_files(a, changed, client(server), cache=cache, limit=2)
+    assert len(server.requests) == 11  # q0 in both orders; q1 from the cache
+    with open(cache, "a", encoding="utf-8") as f:
+        f.write('{"key": "cut short')  # an interrupted write is skipped
+    assert J.judge_files(a, b, client(server), cache=cache)["judge"]["cached_replies"] == 8

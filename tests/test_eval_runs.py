@@ -68,7 +68,7 @@ def test_translation_end_to_end(tiny_model, flores_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert '"zh-en"' in printed
 
-    results_file = out / "results_translation_flores101-devtest_alpaca.json"
+    results_file = out / "results_translation_flores101-devtest_alpaca_limit5.json"
     results = read_results(results_file)
     assert (results.task, results.model, results.data, results.prompt) == (
         "translation", str(tiny_model), str(flores_dir), "alpaca")
@@ -118,12 +118,12 @@ def test_translation_wmt_json_and_text_files(tiny_model, tmp_path):
 def test_qa_end_to_end(tiny_model, xquad_dir, tmp_path):
     from xllama.data.evalsets import load_squad
     from xllama.eval.qa import QA_INSTRUCTION
-    from xllama.eval.qa_metrics import score_qa
+    from xllama.eval.qa_metrics import score_lm_eval_qa, score_qa
 
     out = tmp_path / "run"
     assert main(["eval", "qa", "--model", str(tiny_model), "--data", str(xquad_dir), "--lang", "zh",
                  "--limit", "3", "--max-new-tokens", "8", "--out", str(out), "--no-progress"]) == 0
-    results = read_results(out / "results_qa_xquad.json")
+    results = read_results(out / "results_qa_xquad_limit3.json")
     assert (results.task, results.prompt, results.data) == ("qa", "alpaca", str(xquad_dir))
     assert QA_INSTRUCTION in results.extra["prompt_template"]
     predictions = [json.loads(line) for line in lines(out / results.extra["outputs"]["zh"])]
@@ -131,8 +131,10 @@ def test_qa_end_to_end(tiny_model, xquad_dir, tmp_path):
     assert [p["id"] for p in predictions] == [ex.id for ex in gold]
     assert [p["answers"] for p in predictions] == [ex.answers for ex in gold]
     expected = score_qa([p["prediction"] for p in predictions], [ex.answers for ex in gold], "zh")
+    expected.update(score_lm_eval_qa([p["prediction"] for p in predictions], [ex.answers for ex in gold], "xquad_zh"))
     assert results.scores["zh"] == pytest.approx(expected)
-    assert set(results.scores["zh"]) == {"squad_em", "squad_f1", "mlqa_em", "mlqa_f1", "contains", "n"}
+    assert set(results.scores["zh"]) == {"squad_em", "squad_f1", "mlqa_em", "mlqa_f1", "contains", "n",
+                                         "exact_match", "f1"}  # the last two: lm-eval's xquad_zh metrics
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -190,7 +192,7 @@ def test_smollm_qa_cli(smollm_gguf, xquad_dir, tmp_path):
     out = tmp_path / "run"
     assert main(["eval", "qa", "--model", str(smollm_gguf), "--data", str(xquad_dir), "--lang", "en",
                  "--limit", "5", "--max-new-tokens", "16", "--out", str(out), "--no-progress"]) == 0
-    results = read_results(out / "results_qa_xquad.json")
+    results = read_results(out / "results_qa_xquad_limit5.json")
     assert results.scores["en"]["n"] == 5
     predictions = [json.loads(line)["prediction"] for line in lines(out / results.extra["outputs"]["en"])]
     assert sum(bool(p.strip()) for p in predictions) >= 4

@@ -289,7 +289,7 @@ def test_cli_fit_writes_json_and_png(fitted, capsys):
 def test_cli_allocate_prints_and_writes_mixer_allocation(fitted, capsys):
     out = fitted / "ALLOC.json"
     code = main(["scaling", "allocate", str(fitted / "FIT.json"), "--budget", "100000", "--cap", "zh=15000",
-                 "--min", "ar=1000", "--weight", "zh=2", "--out", str(out)])
+                 "--min", "ar=1000", "--weight", "zh=2", "--out", str(out), "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     written = json.loads(out.read_text())
@@ -298,7 +298,8 @@ def test_cli_allocate_prints_and_writes_mixer_allocation(fitted, capsys):
     assert sum(alloc.values()) == 100000 and alloc["zh"] <= 15000 and alloc["ar"] >= 1000
     assert set(written["predicted"]) == set(alloc) and "allocation" in written["uniform"]
     assert isinstance(written["gain"], float) and len(written["gain_ci95"]) == 2
-    assert main(["scaling", "allocate", str(fitted / "FIT.json"), "--budget", "5000", "--objective", "maximin"]) == 0
+    assert main(["scaling", "allocate", str(fitted / "FIT.json"), "--budget", "5000", "--objective", "maximin",
+                 "--json"]) == 0
     maximin = json.loads(capsys.readouterr().out)
     assert maximin["objective"] == "maximin" and sum(maximin["allocation"].values()) == 5000
 
@@ -321,7 +322,7 @@ def test_cli_bad_input_is_one_line_and_exit_code_2(fitted, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "F.json").exists()
-    ok = run("allocate", str(fitted / "FIT.json"), "--budget", "1000")
+    ok = run("allocate", str(fitted / "FIT.json"), "--budget", "1000", "--json")
     assert ok.returncode == 0 and json.loads(ok.stdout)["budget"] == 1000
 
 

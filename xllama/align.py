@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xllama.distributed import gather_objects, init_distributed, is_main_process, local_device, rank_and_world, shard
 from xllama.errors import XllamaError
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,13 @@ def encode_sentences(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: memory trouble shows at once
     vectors = None
-    with torch.inference_mode(), tqdm(total=len(ids), desc=desc, unit="sent", leave=False) as bar:
-        for start in range(0, len(order), batch_size):
+    # under `accelerate launch` each process encodes every world-th batch; the vectors are gathered below
+    rank, world = rank_and_world()
+    starts = shard(range(0, len(order), batch_size))
+    mine = []
+    with torch.inference_mode(), tqdm(total=sum(len(order[s:s + batch_size]) for s in starts), desc=desc,
+                                      unit="sent", leave=False, disable=rank != 0) as bar:
+        for start in starts:
             batch = order[start : start + batch_size]
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -141,11 +147,20 @@ def encode_sentences(
                 kwargs["position_ids"] = (attention.cumsum(dim=1) - 1).clamp(min=0).to(device)
             out = base(**kwargs, output_hidden_states=True, use_cache=False, return_dict=True)
             pooled = pool_layers(out.hidden_states, pool.to(device)).cpu()
-            if vectors is None:
-                vectors = torch.empty((pooled.shape[0], len(ids), pooled.shape[2]), dtype=torch.float32)
-            vectors[:, batch] = pooled
+            if world > 1:
+                mine.append((batch, pooled))
+            else:
+                if vectors is None:
+                    vectors = torch.empty((pooled.shape[0], len(ids), pooled.shape[2]), dtype=torch.float32)
+                vectors[:, batch] = pooled
             del out
             bar.update(len(batch))
+    if world > 1:
+        for part in gather_objects(mine):
+            for batch, pooled in part:
+                if vectors is None:
+                    vectors = torch.empty((pooled.shape[0], len(ids), pooled.shape[2]), dtype=torch.float32)
+                vectors[:, batch] = pooled
     mean_tokens = sum(sum(k) for k in keep) / len(keep)
     return PooledSentences(vectors, mean_tokens, truncated)
 
@@ -420,7 +435,8 @@ def run(args) -> int:
     from xllama.modeling import load_model, load_tokenizer, model_max_length, resolve_model
 
     sources = [resolve_model(spec) for spec in args.model]  # a missing path fails before any loading
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    init_distributed()  # `accelerate launch -m xllama align ...`: each process encodes a shard of the batches
+    device = args.device or local_device() or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     models = []
     for source, label in zip(sources, labels):
@@ -503,6 +519,8 @@ def run(args) -> int:
         "data": data,
         "models": models,
     }
+    if not is_main_process():
+        return 0  # rank 0 writes and reports
     out = Path(args.out)
     atomic_write_json(out / "alignment.json", report)
     plot_alignment(report, out / "alignment.png")

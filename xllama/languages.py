@@ -51,6 +51,19 @@ LANGUAGES: dict[str, Language] = {lang.code: lang for lang in _LANGUAGES}
 PAPER_LANGUAGES = ("ar", "el", "hi", "tr", "vi", "zh")
 
 
+# Scripts written without spaces between words: a "word" count means nothing there, so lengths count characters.
+UNSEGMENTED_SCRIPTS = frozenset({"Hans", "Hant", "Jpan", "Thai", "Khmr", "Laoo", "Mymr", "Tibt"})
+
+
+def length_units(text: str, lang: str | None = None) -> int:
+    """A text's length in words, or in (non-space) characters when ``lang`` is written in an unsegmented
+    script (Chinese, Japanese, Thai...); an unknown or missing ``lang`` counts whitespace-separated words."""
+    language = LANGUAGES.get((lang or "").strip().lower())
+    if language is not None and language.script in UNSEGMENTED_SCRIPTS:
+        return sum(1 for ch in text if not ch.isspace())
+    return len(text.split())
+
+
 def get_language(code: str) -> Language:
     """Look a language up by ISO 639-1 code (or a FLORES-101/200 code); unknown codes list the known ones."""
     key = code.strip()

@@ -24,6 +24,9 @@ ALPACA_NO_INPUT = (
 ALMA_TEMPLATE = "Translate this from {source} to {target}:\n{source}: {text}\n{target}:"
 
 PROMPT_STYLES = ("alpaca", "alma")
+# The one default of `xllama translate` and `xllama eval translation`: the prompt xllama's x-LLaMA / m-LLaMA
+# models are trained on. ALMA-trained models need --prompt alma.
+DEFAULT_PROMPT = "alpaca"
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:
@@ -94,3 +97,46 @@ def translation_prompt(style: str, src: str, tgt: str, text: str) -> str:
     if style == "alma":
         return alma_prompt(src, tgt, text)
     raise XllamaError(f"unknown prompt style {style!r}; expected one of {', '.join(PROMPT_STYLES)}")
+
+
+# ------------------------------------------------------------------------------------ lm-evaluation-harness
+
+# QA prompt styles: x-LLM's Alpaca prompt (xllama.eval.qa) or lm-evaluation-harness's zero-shot prompt, so that
+# a number from xllama can be put next to one from `lm_eval --tasks xquad_zh` / `mlqa_zh_zh`.
+QA_PROMPT_STYLES = ("alpaca", "lm-eval")
+
+# lm-eval's XQuAD prompts (lm_eval/tasks/xquad/xquad_<lang>.yaml, v1.0): "<context label>: {context}\n\n
+# <question label>: {question}\n\n<answer label>:", localised per language. Its MLQA tasks (mlqa_<c>_<q>) use
+# the English labels for every language.
+LM_EVAL_QA_TEMPLATE = "{c}: {context}\n\n{q}: {question}\n\n{a}:"
+LM_EVAL_QA_LABELS = {
+    "ar": ("سيا", "سؤال", "إجابة"),
+    "de": ("Kontext", "Frage", "Antwort"),
+    "el": ("Συμφραζόμενα", "Ερώτηση", "Απάντηση"),
+    "en": ("Context", "Question", "Answer"),
+    "es": ("Contexto", "Pregunta", "Respuesta"),
+    "hi": ("प्रसंग", "सवाल", "उत्तर"),
+    "ro": ("Context", "Întrebare", "Răspuns"),
+    "ru": ("Контекст", "Вопрос", "Ответ"),
+    "th": ("บริบท", "คำถาม", "คำตอบ"),
+    "tr": ("Bağlam", "Soru", "Cevap"),
+    "vi": ("Bối cảnh", "Câu hỏi", "Trả lời"),
+    "zh": ("语境", "问题", "回答"),
+}
+
+
+def lm_eval_qa_prompt(context: str, question: str, lang: str, task: str = "xquad") -> str:
+    """lm-eval's zero-shot prompt for ``xquad_<lang>`` (localised labels) or ``mlqa_<lang>_<lang>`` (English
+    labels); context and question verbatim, as its Jinja templates insert them. The answer is what the model
+    generates before the first newline (its ``until: ["\\n"]``)."""
+    code = lang.strip().lower()
+    code = code if code in LM_EVAL_QA_LABELS else get_language(lang).code  # ro: in XQuAD, not in the registry
+    if task == "mlqa":
+        labels = LM_EVAL_QA_LABELS["en"]
+    elif code in LM_EVAL_QA_LABELS:
+        labels = LM_EVAL_QA_LABELS[code]
+    else:
+        raise XllamaError(f"lm-eval has no xquad_{code} task (its XQuAD prompts cover "
+                          f"{', '.join(sorted(LM_EVAL_QA_LABELS))}); use --prompt alpaca for {code}")
+    c, q, a = labels
+    return LM_EVAL_QA_TEMPLATE.format(c=c, q=q, a=a, context=context, question=question)

@@ -1,10 +1,15 @@
-"""Translate sentences or a file with a tuned model, in the ALMA or the x-LLM (Alpaca) prompt.
+"""Translate sentences or a file with a tuned model, in the x-LLM (Alpaca) prompt or ALMA's.
+
+The prompt defaults to Alpaca, the one x-LLaMA/m-LLaMA models are trained on and `xllama eval translation`'s
+default too; ALMA-trained models need --prompt alma.
 
 Examples:
-  xllama translate --model haoranxu/ALMA-7B --src zh --tgt en "我爱机器翻译。"
-  xllama translate --model runs/alma-stage2/best --src de --tgt en --input news.de --output news.en --beams 5
-  xllama translate --model runs/alma-stage1/final --adapter runs/alma-lora/final/adapter --src en --tgt cs "Hello"
-  xllama translate --model model.Q4_1.gguf --prompt alpaca --src en --tgt de --input in.txt --output out.txt
+  xllama translate --model runs/x-llama-zh/final --src en --tgt zh "I love machine translation."
+  xllama translate --model haoranxu/ALMA-7B --prompt alma --src zh --tgt en "我爱机器翻译。"
+  xllama translate --model runs/alma-stage2/best --prompt alma --src de --tgt en --input news.de --output news.en
+  xllama translate --model runs/alma-stage1/final --adapter runs/alma-lora/final/adapter --prompt alma --src en \
+      --tgt cs "Hello"
+  xllama translate --model model.Q4_1.gguf --src en --tgt de --input in.txt --output out.txt --beams 5
 
 The model is a merged checkpoint (a folder or Hub id), a base model plus a peft LoRA adapter (--adapter; the
 adapter's shapes are checked against the base), or a GGUF file. Files are one segment per line; blank lines stay
@@ -20,6 +25,7 @@ import sys
 from pathlib import Path
 
 from xllama.errors import XllamaError
+from xllama.prompts import DEFAULT_PROMPT, PROMPT_STYLES
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +43,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tgt", required=True, help="target language code, e.g. en")
     parser.add_argument("--input", help="a text file, one segment per line ('-' for stdin)")
     parser.add_argument("--output", help="write translations here (atomically) instead of stdout")
-    parser.add_argument("--prompt", choices=("alma", "alpaca"), default="alma",
-                        help="prompt format: ALMA's (default) or the x-LLM Alpaca instruction")
+    parser.add_argument("--prompt", choices=PROMPT_STYLES, default=DEFAULT_PROMPT,
+                        help="alpaca: the x-LLM Alpaca instruction x-LLaMA models are trained on; alma: ALMA's "
+                        "prompt, for ALMA-trained models (default: %(default)s, as in `xllama eval translation`)")
     parser.add_argument("--beams", type=int, default=1, help="beam size (1: greedy, the default)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest translation in tokens")
     parser.add_argument("--batch-size", type=int, help="segments per batch (default: a token budget)")
@@ -200,8 +207,9 @@ def load_translator(model: str | None, adapter: str | None = None, device: str |
 # --- translating -------------------------------------------------------------------------------------------
 
 
-def translate(model, tokenizer, segments: list[str], src: str, tgt: str, prompt: str = "alma", num_beams: int = 1,
-              max_new_tokens: int = 256, batch_size: int | None = None, progress: bool = True) -> list[str]:
+def translate(model, tokenizer, segments: list[str], src: str, tgt: str, prompt: str = DEFAULT_PROMPT,
+              num_beams: int = 1, max_new_tokens: int = 256, batch_size: int | None = None,
+              progress: bool = True) -> list[str]:
     """One translation per segment, in order; blank segments stay blank (and are not sent to the model)."""
     from xllama.eval.generate import generate
     from xllama.prompts import translation_prompt

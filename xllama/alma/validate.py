@@ -42,19 +42,30 @@ def validation_loss(model, examples, pad_token_id: int, batch_tokens: int = 1638
         device = next(model.parameters()).device
     from xllama.eval.generate import plan_batches
 
+    from xllama.distributed import gather_objects, rank_and_world
+
     lengths = [int(n) for n in store.lengths]
     batches = plan_batches(lengths, 0, batch_tokens=max(batch_tokens, max(lengths)))
-    loss_by, tokens_by = {}, {}
+    # Under `accelerate launch` each process scores every world-th batch and the sums are gathered. Every
+    # process runs the same number of forwards (a sharded or DDP model holds collectives in its forward):
+    # one with fewer batches repeats its first one and discards the result.
+    rank, world = rank_and_world()
+    mine = batches[rank::world]
+    rounds = -(-len(batches) // world)
+    loss_by, tokens_by = loss_by_mine, tokens_by_mine = {}, {}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
-                b = padded_batch(store, batch, pad_token_id)
+            for k in tqdm(range(rounds), desc=desc, unit="batch", disable=not progress, dynamic_ncols=True):
+                batch = mine[k] if k < len(mine) else None
+                b = padded_batch(store, batch if batch is not None else batches[0], pad_token_id)
                 labels = torch.from_numpy(b["labels"]).to(device)
                 logits = model(input_ids=torch.from_numpy(b["input_ids"]).to(device),
                                attention_mask=torch.from_numpy(b["attention_mask"]).to(device),
                                use_cache=False).logits
+                if batch is None:
+                    continue
                 token_loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                                              reduction="none").view(labels.shape)
                 per_example = token_loss.sum(dim=1).tolist()
@@ -65,6 +76,12 @@ def validation_loss(model, examples, pad_token_id: int, batch_tokens: int = 1638
                     tokens_by[g] = tokens_by.get(g, 0) + count
     finally:
         model.train(was_training)
+    if world > 1:  # every process's sums, added in rank order
+        loss_by, tokens_by = {}, {}
+        for part_loss, part_tokens in gather_objects((loss_by_mine, tokens_by_mine)):
+            for g in part_loss:
+                loss_by[g] = loss_by.get(g, 0.0) + part_loss[g]
+                tokens_by[g] = tokens_by.get(g, 0) + part_tokens[g]
     tokens = sum(tokens_by.values())
     return {
         "loss": sum(loss_by.values()) / max(tokens, 1),

@@ -19,6 +19,7 @@ import weakref
 from pathlib import Path
 from typing import Sequence
 
+from xllama.distributed import barrier, broadcast_object, gather_objects, rank_and_world, shard
 from xllama.errors import XllamaError
 from xllama.io import content_hash
 
@@ -98,9 +99,10 @@ class FirstLineStop:
     always complete. Works on token ids only (no decoding per step); the prompt length is set per batch.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, skip_leading_newlines: bool = True):
         self.tables = _line_tables(tokenizer)
         self.prompt_length = 0
+        self.skip_leading_newlines = skip_leading_newlines  # False: any newline stops (lm-eval's until "\n")
 
     def __call__(self, input_ids, scores=None, **kwargs):
         if self.tables[0].device != input_ids.device:
@@ -108,17 +110,82 @@ class FirstLineStop:
         has_newline, has_content, newline_after_content = self.tables
         generated = input_ids[:, self.prompt_length:]
         last = generated[:, -1]
+        if not self.skip_leading_newlines:
+            return has_newline[last]
         seen_text = has_content[generated[:, :-1]].any(dim=1)
         return newline_after_content[last] | (has_newline[last] & seen_text)
 
 
-def _stopping_criteria(stop):
-    """Wrap FirstLineStop in transformers' StoppingCriteria base class (imported lazily)."""
+class BatchProgress:
+    """Moves a progress bar inside a batch: a sentence counts as soon as it ends (EOS, or the end of its first
+    line), and the postfix counts generated tokens, so a long batch on a CPU shows it is working. Called once
+    per decoding step with the ids so far (greedy: one row per sentence; beam search counts tokens only)."""
+
+    def __init__(self, bar, eos_ids: Sequence[int], refresh_s: float = 0.5):
+        self.bar = bar
+        self.eos_ids = list(eos_ids)
+        self.refresh_s = refresh_s
+        self.tokens = 0
+        self.counted = 0
+        self.finished = None
+        self.num_beams = 1
+        self._shown = 0.0
+
+    def start(self, num_beams: int = 1, note: str = "") -> None:
+        """A new batch; ``note`` (e.g. its prompt sizes) shows while its prompts are read, before any token."""
+        self.counted, self.finished, self.num_beams = 0, None, num_beams
+        if note:
+            self.bar.set_postfix_str(f"{note}; {self.tokens:,} tokens generated", refresh=True)
+
+    def __call__(self, input_ids, stopped=None) -> None:
+        import time
+
+        import torch
+
+        if self.num_beams == 1:
+            ended = torch.isin(input_ids[:, -1], torch.tensor(self.eos_ids, device=input_ids.device))
+            if stopped is not None:
+                ended |= stopped
+            if self.finished is None:
+                self.finished = torch.zeros_like(ended)
+            self.tokens += int((~self.finished).sum())
+            new = int((ended & ~self.finished).sum())
+            self.finished |= ended
+            if new:
+                self.counted += new
+                self.bar.update(new)
+        else:
+            self.tokens += input_ids.shape[0]
+        now = time.monotonic()
+        if now - self._shown >= self.refresh_s:
+            self._shown = now
+            self.bar.set_postfix_str(f"{self.tokens:,} tokens generated", refresh=True)
+
+    def finish(self, rows: int) -> None:
+        """The batch is done: count its sentences not counted yet (those cut at max_new_tokens)."""
+        self.bar.update(rows - self.counted)
+        self.counted = 0
+
+    def undo(self) -> None:
+        """The batch failed (out of memory) and will be regenerated: take its sentences back."""
+        self.bar.update(-self.counted)
+        self.counted = 0
+
+
+def _stopping_criteria(stop, monitor=None):
+    """Wrap FirstLineStop (and the progress monitor) in transformers' StoppingCriteria (imported lazily)."""
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class _Criterion(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
-            return stop(input_ids, scores)
+            stopped = stop(input_ids, scores) if stop is not None else None
+            if monitor is not None:
+                monitor(input_ids, stopped)
+            if stopped is None:
+                import torch
+
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            return stopped
 
     return StoppingCriteriaList([_Criterion()])
 
@@ -202,8 +269,8 @@ class GenerationCache:
     A line cut short by an interruption is dropped (and truncated away) on the next open.
     """
 
-    def __init__(self, directory: str | os.PathLike, key: str, header: dict):
-        self.path = Path(directory) / f"{key}.jsonl"
+    def __init__(self, directory: str | os.PathLike, key: str, header: dict, shard: str = ""):
+        self.path = Path(directory) / f"{key}{shard}.jsonl"  # shard: ".rank1of4" in a multi-process run
         self.key = key
         self.done: dict[int, str] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,6 +298,20 @@ class GenerationCache:
                 continue
             self.done.update(zip(record["i"], record["out"]))
 
+    def all_shards_done(self) -> dict[int, str]:
+        """Outputs of this key in every shard's file (runs with any number of processes), read without
+        writing: a line another process is still appending is skipped."""
+        found: dict[int, str] = {}
+        for path in sorted(self.path.parent.glob(f"{self.key}*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if "i" in record and record.get("key") is None:
+                    found.update(zip(record["i"], record["out"]))
+        return found
+
     def append(self, indices: Sequence[int], outputs: Sequence[str]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"i": list(indices), "out": list(outputs)}, ensure_ascii=False) + "\n")
@@ -243,15 +324,22 @@ class GenerationCache:
 
 
 def decoding_settings(max_new_tokens: int, num_beams: int = 1, stop_at_newline: bool = True,
-                      eos_ids: Sequence[int] = ()) -> dict:
+                      eos_ids: Sequence[int] = (), skip_leading_newlines: bool = True) -> dict:
     """The settings that change outputs; recorded in result files and part of the cache key."""
     return {
         "decoding": "greedy" if num_beams == 1 else "beam",
         "num_beams": num_beams,
         "max_new_tokens": max_new_tokens,
-        "stop": "eos+first_line" if stop_at_newline else "eos",
+        "stop": ("eos+first_line" if skip_leading_newlines else "eos+newline") if stop_at_newline else "eos",
         "eos_token_ids": list(eos_ids),
     }
+
+
+def generation_record(model, settings: dict, batch_tokens: int | None, batch_size: int | None) -> dict:
+    """The 'decoding' block of a results file: what changes outputs (``settings``, the weights' dtype) and how
+    batching was set."""
+    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return {**settings, "batch_tokens": batch_tokens, "batch_size": batch_size, "dtype": dtype}
 
 
 def _default_batch_tokens(device) -> int:
@@ -266,11 +354,15 @@ def _is_oom(error: BaseException) -> bool:
 
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256, batch_size: int | None = None,
              batch_tokens: int | None = None, num_beams: int = 1, stop_at_newline: bool = True,
-             progress: bool = True, cache: str | os.PathLike | None = None, desc: str = "generating") -> list[str]:
+             progress: bool = True, cache: str | os.PathLike | None = None, desc: str = "generating",
+             skip_leading_newlines: bool = True) -> list[str]:
     """Generate one answer per prompt, in input order.
 
     With ``stop_at_newline`` each answer is the first non-empty line of the continuation (generation of a
     sequence stops as soon as that line is complete); otherwise the whole continuation up to EOS, stripped.
+    ``skip_leading_newlines=False`` is lm-eval's ``until: ["\n"]``: the text before the first newline, even
+    when that is empty. Under ``accelerate launch`` / ``torchrun`` each process generates every world-th batch
+    (its own cache file, ``<key>.rank<r>of<w>.jsonl``) and every process returns all outputs.
     ``batch_tokens`` bounds batch x (prompt + max_new_tokens) x beams; ``batch_size`` caps rows per batch.
     ``cache``: a directory; finished batches are appended there and a rerun generates only what is missing.
     In beam search a newline ends a hypothesis like EOS does, so beams compete on complete first lines.
@@ -299,36 +391,51 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
         logger.warning("longest prompt (%d tokens) + max_new_tokens (%d) exceeds the model's %d positions",
                        max(lengths), max_new_tokens, limit)
 
-    settings = decoding_settings(max_new_tokens, num_beams, stop_at_newline, eos_ids)
+    settings = decoding_settings(max_new_tokens, num_beams, stop_at_newline, eos_ids, skip_leading_newlines)
     store = None
+    rank, world = rank_and_world()
     if cache is not None:
         key = content_hash([model_fingerprint(model), content_hash(encoded), settings, CACHE_FORMAT])
-        store = GenerationCache(cache, key, {"n": len(prompts), "settings": settings})
-        if store.done:
-            logger.info("resuming from %s: %d of %d outputs cached", store.path, len(store.done), len(prompts))
+        store = GenerationCache(cache, key, {"n": len(prompts), "settings": settings},
+                                shard="" if world == 1 else f".rank{rank}of{world}")
     done: dict[int, str] = dict(store.done) if store else {}
+    if store:  # outputs of every shard's file count, whatever the number of processes that wrote them
+        barrier()  # every process has cleaned its own file before rank 0 reads them all
+        done = broadcast_object(store.all_shards_done() if rank == 0 else None)
+        if done:
+            logger.info("resuming from %s: %d of %d outputs cached", store.path.parent, len(done), len(prompts))
 
     todo = [i for i in range(len(prompts)) if i not in done]
-    stop = FirstLineStop(tokenizer) if stop_at_newline else None
+    stop = FirstLineStop(tokenizer, skip_leading_newlines) if stop_at_newline else None
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams, eos_token_id=eos_ids,
         pad_token_id=pad_id, use_cache=True,
     )
     budget = batch_tokens
-    bar = tqdm(total=len(prompts), initial=len(done), desc=desc, unit="sent", disable=not progress, dynamic_ncols=True)
+    # Each process takes every world-th batch of the length-sorted plan (the same batches as one process
+    # would run, so the outputs are identical), then the outputs are gathered on every process.
+    batches = plan_batches([lengths[i] for i in todo], max_new_tokens, budget, batch_size, num_beams)
+    queue = shard([[todo[j] for j in batch] for batch in batches])
+    mine: dict[int, str] = {}
+    bar = tqdm(total=len(done) + sum(map(len, queue)), initial=len(done),
+               desc=desc if world == 1 else f"{desc} [rank {rank}/{world}]", unit="sent",
+               disable=not progress or rank != 0, dynamic_ncols=True)
+    monitor = None if bar.disable else BatchProgress(bar, eos_ids)
     was_training = model.training
     model.eval()
     try:
-        batches = plan_batches([lengths[i] for i in todo], max_new_tokens, budget, batch_size, num_beams)
-        queue = [[todo[j] for j in batch] for batch in batches]
         while queue:
             batch = queue.pop(0)
+            if monitor is not None:
+                monitor.start(num_beams, f"reading {len(batch)} prompts of <= {max(lengths[i] for i in batch)} tokens")
             try:
                 texts = _generate_batch(model, tokenizer, [encoded[i] for i in batch], config, pad_id, eos_ids,
-                                        stop, device)
+                                        stop, device, monitor)
             except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
                 if not _is_oom(e) or len(batch) == 1:
                     raise
+                if monitor is not None:
+                    monitor.undo()
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 # Adapt: at most half this batch from now on, and re-plan everything not yet generated.
@@ -340,14 +447,18 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256
                 logger.warning("out of memory on a batch of %d; retrying with at most %d per batch",
                                len(batch), batch_size)
                 continue
-            outputs = [first_line(t) if stop_at_newline else t.strip() for t in texts]
+            outputs = [(first_line(t) if skip_leading_newlines else t.split("\n", 1)[0].strip())
+                       if stop_at_newline else t.strip() for t in texts]
             if store:
                 store.append(batch, outputs)
-            done.update(zip(batch, outputs))
-            bar.update(len(batch))
+            mine.update(zip(batch, outputs))
+            if monitor is not None:
+                monitor.finish(len(batch))
     finally:
         bar.close()
         model.train(was_training)
+    for part in gather_objects(mine):
+        done.update(part)
     return [done[i] for i in range(len(prompts))]
 
 
@@ -357,8 +468,9 @@ def _accepts_use_model_defaults(model) -> bool:
     return "use_model_defaults" in inspect.signature(model.generate).parameters
 
 
-def _generate_batch(model, tokenizer, sequences, config, pad_id, eos_ids, stop, device) -> list[str]:
-    """Run one left-padded batch through ``model.generate``; returns the raw continuations (up to EOS)."""
+def _generate_batch(model, tokenizer, sequences, config, pad_id, eos_ids, stop, device, monitor=None) -> list[str]:
+    """Run one left-padded batch through ``model.generate``; returns the raw continuations (up to EOS).
+    ``monitor`` (a BatchProgress) is told about every decoding step."""
     import torch
 
     input_ids, attention_mask = left_pad(sequences, pad_id, device)
@@ -367,7 +479,8 @@ def _generate_batch(model, tokenizer, sequences, config, pad_id, eos_ids, stop, 
         kwargs["use_model_defaults"] = False  # ...) from the checkpoint's generation_config, e.g. sampling
     if stop is not None:
         stop.prompt_length = input_ids.shape[1]
-        kwargs["stopping_criteria"] = _stopping_criteria(stop)
+    if stop is not None or monitor is not None:
+        kwargs["stopping_criteria"] = _stopping_criteria(stop, monitor)
     with torch.inference_mode():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                 **kwargs)
@@ -384,9 +497,12 @@ def _generate_batch(model, tokenizer, sequences, config, pad_id, eos_ids, stop, 
 
 
 def default_device() -> str:
+    """cuda (this process's own GPU under `accelerate launch`/`torchrun`), else cpu."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from xllama.distributed import local_device
+
+    return local_device() or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_for_generation(spec: str, dtype: str | None = None, device: str | None = None):

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from xllama.errors import XllamaError
-from xllama.io import atomic_write_json, iter_jsonl
+from xllama.io import atomic_write_json, content_hash, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -222,18 +223,62 @@ def pair_answers(a: list[dict], b: list[dict], path_a: str, path_b: str) -> list
     return pairs
 
 
+class JudgeCache:
+    """The judge's usable replies, one JSONL line each, keyed by a hash of the judge model, its sampling
+    settings and the whole request (prompt, question, both answers in their order): a rerun, or a run
+    interrupted half-way, asks the endpoint only what it has not answered yet. A line cut short is ignored."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.replies: dict[str, str] = {}
+        self.lock = threading.Lock()
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.replies[record["key"]] = record["reply"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        self.hits = 0
+
+    @staticmethod
+    def key(client: "JudgeClient", messages: list[dict]) -> str:
+        return content_hash([client.model, client.temperature, client.max_tokens, messages])
+
+    def get(self, key: str) -> str | None:
+        with self.lock:
+            reply = self.replies.get(key)
+            self.hits += reply is not None
+            return reply
+
+    def put(self, key: str, reply: str) -> None:
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n")
+            self.replies[key] = reply
+
+
 class Judge:
-    def __init__(self, client: JudgeClient, parse_retries: int = 1):
+    def __init__(self, client: JudgeClient, parse_retries: int = 1, cache: JudgeCache | None = None):
         self.client = client
         self.parse_retries = parse_retries
+        self.cache = cache
 
     def scores(self, question: str, answer_1: str, answer_2: str) -> tuple[dict, dict] | None:
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": JUDGE_PROMPT.format(question=question, answer_1=answer_1,
                                                                     answer_2=answer_2)}]
+        key = JudgeCache.key(self.client, messages) if self.cache else None
+        cached = self.cache.get(key) if self.cache else None
+        if cached is not None and parse_judgement(cached):
+            return parse_judgement(cached)
         for _ in range(self.parse_retries + 1):
-            parsed = parse_judgement(self.client.chat(messages))
+            reply = self.client.chat(messages)
+            parsed = parse_judgement(reply)
             if parsed:
+                if self.cache:
+                    self.cache.put(key, reply)
                 return parsed
         return None
 
@@ -287,11 +332,12 @@ def summarise(items: list[dict]) -> dict:
 
 
 def judge_files(path_a: str, path_b: str, client: JudgeClient, concurrency: int = 4, limit: int | None = None,
-                parse_retries: int = 1) -> dict:
+                parse_retries: int = 1, cache: str | os.PathLike | None = None) -> dict:
+    """Judge every pair; ``cache``: a JSONL file of the judge's replies (see JudgeCache), reused by reruns."""
     from tqdm.auto import tqdm
 
     pairs = pair_answers(read_answers(path_a), read_answers(path_b), path_a, path_b)[:limit]
-    judge = Judge(client, parse_retries)
+    judge = Judge(client, parse_retries, JudgeCache(cache) if cache else None)
 
     def one(pair):
         ra, rb = pair
@@ -302,7 +348,8 @@ def judge_files(path_a: str, path_b: str, client: JudgeClient, concurrency: int 
         items = list(tqdm(pool.map(one, pairs), total=len(pairs), desc="judging", unit="pair"))
     return {
         "a": str(path_a), "b": str(path_b),
-        "judge": {"model": client.model, "base_url": client.base_url},
+        "judge": {"model": client.model, "base_url": client.base_url,
+                  "cached_replies": judge.cache.hits if judge.cache else 0},
         "aspects": list(ASPECTS),
         "summary": summarise(items),
         "items": items,
@@ -326,6 +373,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-retries", type=int, default=4, help="retries per request on HTTP/network errors")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     parser.add_argument("--limit", type=int, help="judge only the first N pairs")
+    parser.add_argument("--cache", metavar="FILE", help="the judge's replies, reused by reruns (default: OUT with "
+                        "the suffix .cache.jsonl)")
+    parser.add_argument("--no-cache", action="store_true", help="ask the endpoint again for every pair")
 
 
 def client_from_args(args: argparse.Namespace) -> JudgeClient:
@@ -343,7 +393,9 @@ def client_from_args(args: argparse.Namespace) -> JudgeClient:
 
 def run(args: argparse.Namespace) -> int:
     client = client_from_args(args)
-    result = judge_files(args.a, args.b, client, concurrency=args.concurrency, limit=args.limit)
+    cache = None if getattr(args, "no_cache", False) else (
+        getattr(args, "cache", None) or Path(args.out).with_suffix(".cache.jsonl"))
+    result = judge_files(args.a, args.b, client, concurrency=args.concurrency, limit=args.limit, cache=cache)
     atomic_write_json(args.out, result)
     print(json.dumps({"judge": result["judge"], **result["summary"]}, ensure_ascii=False, indent=2))
     return 0

@@ -24,8 +24,11 @@ from xllama.languages import LANGUAGES, get_language
 
 log = logging.getLogger(__name__)
 
-METRICS = ("bleu", "spbleu", "chrf", "comet", "bleurt", "off_target")
+METRICS = ("bleu", "spbleu", "chrf", "comet", "cometkiwi", "xcomet", "bleurt", "off_target")
 DEFAULT_COMET_MODEL = "Unbabel/wmt22-comet-da"
+# The COMET family by metric name: each its own default checkpoint (cometkiwi needs no references).
+COMET_METRICS = {"comet": DEFAULT_COMET_MODEL, "cometkiwi": "Unbabel/wmt22-cometkiwi-da",
+                 "xcomet": "Unbabel/XCOMET-XL"}
 DEFAULT_BLEURT_MODEL = "lucadiliello/BLEURT-20-D12"
 DEFAULT_SPBLEU_TOKENIZE = "flores101"  # the FLORES-101 paper's spBLEU; 'flores200' is the newer model
 SPBLEU_TOKENIZERS = ("flores101", "flores200")
@@ -62,10 +65,17 @@ def bleu(hyps: Sequence[str], refs: Sequence[str], tgt: str | None = None, token
     from sacrebleu.metrics import BLEU
 
     check_segments(hyps, refs)
+    note = ""
     if tokenize is None:
         if tgt is None:
             raise XllamaError("BLEU needs the target language (or an explicit tokenizer)")
         tokenize = get_language(tgt).bleu_tokenize
+        morphological = MECAB_TOKENIZERS.get(get_language(tgt).code)
+        if morphological:  # sacreBLEU's ja-mecab / ko-mecab where installed, else characters, said so
+            if mecab_available(morphological[0]):
+                tokenize = morphological[0]
+            else:
+                note = f"|note:{morphological[0]} not installed ({morphological[1]}), tok:char used"
     if tokenize not in BLEU_TOKENIZERS:
         raise XllamaError(f"unknown BLEU tokenizer {tokenize!r}; known: {', '.join(BLEU_TOKENIZERS)}")
     if tokenize in SPBLEU_TOKENIZERS:
@@ -75,7 +85,24 @@ def bleu(hyps: Sequence[str], refs: Sequence[str], tgt: str | None = None, token
     else:
         metric = BLEU(tokenize=tokenize)
     score = metric.corpus_score(list(hyps), [list(refs)])
-    return score.score, metric.get_signature().format()
+    return score.score, metric.get_signature().format() + note
+
+
+# Japanese and Korean BLEU: sacreBLEU's MeCab tokenizers (WMT's) when their packages are installed
+MECAB_TOKENIZERS = {"ja": ("ja-mecab", "pip install 'sacrebleu[ja]'"),
+                    "ko": ("ko-mecab", "pip install 'sacrebleu[ko]'")}
+
+
+@functools.lru_cache(maxsize=None)
+def mecab_available(tokenize: str) -> bool:
+    """Whether sacreBLEU's ``ja-mecab`` / ``ko-mecab`` tokenizer can be built here (MeCab and its dictionary)."""
+    from sacrebleu.metrics import BLEU
+
+    try:
+        BLEU(tokenize=tokenize)
+    except Exception:  # noqa: BLE001 - sacreBLEU raises RuntimeError/ImportError/SystemExit-like errors
+        return False
+    return True
 
 
 def spbleu(hyps: Sequence[str], refs: Sequence[str], tokenize: str = DEFAULT_SPBLEU_TOKENIZE,
@@ -240,9 +267,9 @@ def resolve_comet_checkpoint(model: str) -> Path:
     return resolve_comet_checkpoint(str(folder))
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=len(COMET_METRICS))
 def _load_comet(checkpoint: str):
-    """Load a COMET model once per process (several translation directions reuse it)."""
+    """Load a COMET model once per process (every translation direction reuses it, one per metric)."""
     check_metric_packages(["comet"])
     from comet import load_from_checkpoint
 
@@ -254,16 +281,23 @@ def _load_comet(checkpoint: str):
         raise XllamaError(f"could not load COMET checkpoint {checkpoint}: {e}") from None
 
 
-def comet(hyps: Sequence[str], refs: Sequence[str], srcs: Sequence[str] | None,
+def comet(hyps: Sequence[str], refs: Sequence[str] | None, srcs: Sequence[str] | None,
           model: str = DEFAULT_COMET_MODEL, batch_size: int = 16, gpus: int | None = None,
           progress: bool = True) -> tuple[float, str, list[float]]:
-    """System COMET x 100 through unbabel-comet; returns (score, signature, segment scores)."""
-    check_segments(hyps, refs, srcs)
+    """System COMET x 100 through unbabel-comet, any model of the family (wmt22-comet-da, XCOMET, and the
+    reference-free CometKiwi, for which ``refs`` may be None); returns (score, signature, segment scores)."""
+    check_segments(hyps, hyps if refs is None else refs, srcs)
     if srcs is None:
         raise XllamaError("COMET scores (source, hypothesis, reference) triples: give the sources (--src FILE)")
     checkpoint = resolve_comet_checkpoint(model)
     scorer = _load_comet(str(checkpoint))
-    samples = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(srcs, hyps, refs)]
+    # wmt22-comet-da requires references, CometKiwi reads none, XCOMET reads them when given
+    with_refs = scorer.requires_references() or "ref" in scorer.hparams.get("input_segments", ())
+    if refs is None and scorer.requires_references():
+        raise XllamaError(f"COMET model {model} needs references")
+    with_refs = with_refs and refs is not None
+    samples = [{"src": s, "mt": h, **({"ref": r} if with_refs else {})}
+               for s, h, r in zip(srcs, hyps, refs if with_refs else hyps)]
     gpus = _default_gpus(gpus)
     import warnings
 
@@ -273,6 +307,8 @@ def comet(hyps: Sequence[str], refs: Sequence[str], srcs: Sequence[str] | None,
     from importlib import metadata
 
     signature = f"model:{model}|comet:{metadata.version('unbabel-comet')}|scale:100"
+    if not with_refs:
+        signature += "|ref:none"
     return 100.0 * float(output.system_score), signature, [float(s) for s in output.scores]
 
 
@@ -309,6 +345,7 @@ METRIC_PACKAGES = {
     "off_target": ("lingua", "lingua-language-detector", "pip install lingua-language-detector"),
     "comet": ("comet", "unbabel-comet", "pip install 'xllama[comet]' (it needs transformers<5 and numpy<2)"),
 }
+METRIC_PACKAGES.update({name: METRIC_PACKAGES["comet"] for name in COMET_METRICS})
 
 
 def check_metric_packages(names: Sequence[str]) -> None:
@@ -353,6 +390,8 @@ def score_translation(
     comet_batch_size: int = 16,
     bleurt_model: str = DEFAULT_BLEURT_MODEL,
     gpus: int | None = None,
+    cometkiwi_model: str = COMET_METRICS["cometkiwi"],
+    xcomet_model: str = COMET_METRICS["xcomet"],
     progress: bool = True,
 ) -> dict:
     """Score one system's outputs for one target language.
@@ -364,13 +403,15 @@ def score_translation(
     target = get_language(tgt).code
     check_segments(hyps, refs, srcs)
     check_metric_packages(names)
-    if "comet" in names and srcs is None:  # fail before any other metric or model is computed
+    comet_models = {"comet": comet_model, "cometkiwi": cometkiwi_model, "xcomet": xcomet_model}
+    comet_models = {name: model for name, model in comet_models.items() if name in names}
+    if comet_models and srcs is None:  # fail before any other metric or model is computed
         raise XllamaError("COMET scores (source, hypothesis, reference) triples: give the sources (--src FILE)")
     # A missing SentencePiece model or COMET checkpoint fails here, before any slow work.
     if "spbleu" in names and spbleu_tokenize in SPBLEU_TOKENIZERS:
         spm_tokenizer(spbleu_tokenize, spm_model)
-    if "comet" in names:
-        resolve_comet_checkpoint(comet_model)
+    for model in comet_models.values():
+        resolve_comet_checkpoint(model)
     out: dict = {}
     signature: dict[str, str] = {}
     for name in names:
@@ -380,9 +421,9 @@ def score_translation(
             out["spbleu"], signature["spbleu"] = spbleu(hyps, refs, spbleu_tokenize, spm_model)
         elif name == "chrf":
             out["chrf"], signature["chrf"] = chrf(hyps, refs)
-        elif name == "comet":
-            out["comet"], signature["comet"], _ = comet(hyps, refs, srcs, comet_model, comet_batch_size, gpus,
-                                                        progress)
+        elif name in comet_models:
+            out[name], signature[name], _ = comet(hyps, refs, srcs, comet_models[name], comet_batch_size, gpus,
+                                                  progress)
         elif name == "bleurt":
             out["bleurt"], signature["bleurt"] = bleurt(hyps, refs, bleurt_model, comet_batch_size, gpus)
         elif name == "off_target":

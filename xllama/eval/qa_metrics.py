@@ -164,3 +164,69 @@ def score_qa(predictions: Sequence[str], answers: Sequence[Sequence[str]], lang:
         totals["contains"] += contains_answer(prediction, golds)
     n = len(predictions)
     return {**{k: 100.0 * v / n for k, v in totals.items()}, "n": n}
+
+
+# --------------------------------------------------------------------------------- lm-evaluation-harness's
+
+# lm-eval scores each task its own way; these reproduce them so that its numbers can be put beside ours
+# (tests/test_lm_eval_parity.py checks them against lm-eval's own functions):
+# - xquad_<lang> (lm_eval/tasks/xquad/utils.py): transformers' SQuAD v2 compute_exact / compute_f1 against the
+#   FIRST gold answer only; SQuAD normalisation; an answer that normalises to nothing scores F1 1 against a
+#   gold answer that does too.
+# - mlqa_<c>_<q> (lm_eval/tasks/mlqa/utils.py): the MLQA script's normalisation in the context language c
+#   (en es hi vi de ar zh), maximum over gold answers, the prediction stripped; for Arabic its port removes
+#   "ال" only at the start of a word (the MLQA script removes every occurrence, as mlqa_em/mlqa_f1 do).
+LM_EVAL_QA_METRICS = ("exact_match", "f1")
+LM_EVAL_MLQA_LANGS = ("en", "es", "hi", "vi", "de", "ar", "zh")
+_LM_EVAL_MLQA_ARTICLES = {**_MLQA_ARTICLES, "ar": r"(?:^|\s)ال"}
+
+
+def lm_eval_task(data: str, lang: str) -> str:
+    """The lm-eval task a QA run corresponds to: ``mlqa_<l>_<l>`` for MLQA data, else ``xquad_<l>``."""
+    code = get_language(lang).code
+    return f"mlqa_{code}_{code}" if "mlqa" in str(data).lower() else f"xquad_{code}"
+
+
+def _lm_eval_xquad(prediction: str, answers: Sequence[str]) -> tuple[float, float]:
+    gold, pred = squad_normalize(answers[0]).split(), squad_normalize(prediction).split()
+    exact = float(gold == pred)
+    if not gold or not pred:
+        return exact, float(gold == pred)
+    return exact, token_f1(pred, gold)
+
+
+def lm_eval_mlqa_normalize(text: str, lang: str) -> str:
+    """lm-eval's port of MLQA's normalize_answer (see above for its Arabic difference)."""
+    punctuation = unicode_punctuation()
+    text = "".join(ch for ch in text.lower() if ch not in punctuation)
+    if lang in _LM_EVAL_MLQA_ARTICLES:
+        text = re.sub(_LM_EVAL_MLQA_ARTICLES[lang], " ", text)
+    tokens = _mixed_segmentation(text, _CHAR_SEGMENTED["zh"]) if lang == "zh" else text.split()
+    return " ".join(t for t in tokens if t.strip())
+
+
+def _lm_eval_mlqa(prediction: str, answers: Sequence[str], lang: str) -> tuple[float, float]:
+    pred = lm_eval_mlqa_normalize(prediction.strip(), lang)
+    golds = [lm_eval_mlqa_normalize(gold, lang) for gold in answers]
+    return (max(float(pred == gold) for gold in golds),
+            max(token_f1(pred.split(), gold.split()) for gold in golds))
+
+
+def score_lm_eval_qa(predictions: Sequence[str], answers: Sequence[Sequence[str]], task: str) -> dict:
+    """lm-eval's ``exact_match`` and ``f1`` for ``task`` (xquad_<l> or mlqa_<c>_<q>), as percentages (lm-eval
+    prints the same means on a 0-1 scale)."""
+    family, _, langs = task.partition("_")
+    if family not in ("xquad", "mlqa"):
+        raise XllamaError(f"no lm-eval QA task {task!r}; expected xquad_<lang> or mlqa_<context>_<question>")
+    lang = langs.split("_")[0]
+    if family == "mlqa" and lang not in LM_EVAL_MLQA_LANGS:
+        raise XllamaError(f"lm-eval has no {task} task (MLQA's languages: {', '.join(LM_EVAL_MLQA_LANGS)})")
+    if len(predictions) != len(answers) or not predictions:
+        raise XllamaError(f"{len(predictions)} predictions but {len(answers)} answer lists")
+    totals = [0.0, 0.0]
+    for prediction, golds in zip(predictions, answers):
+        em, f1 = _lm_eval_xquad(prediction, golds) if family == "xquad" else _lm_eval_mlqa(prediction, golds, lang)
+        totals[0] += em
+        totals[1] += f1
+    n = len(predictions)
+    return {"exact_match": 100.0 * totals[0] / n, "f1": 100.0 * totals[1] / n}

@@ -23,12 +23,36 @@ LOWER_IS_BETTER = {"off_target"}
 NOT_COMPARED = {"n"}  # shown, never bolded
 
 
+def _qualifiers(r: EvalResults) -> dict[str, str]:
+    """What besides the model can change a run's numbers, as column-label parts."""
+    limit = r.extra.get("limit")
+    split = r.extra.get("split")
+    return {"prompt": r.prompt, "split": str(split or ""), "beams": f"beam {r.decoding.get('num_beams', 1)}",
+            "max_new_tokens": f"max {r.decoding.get('max_new_tokens')} tokens",
+            "limit": f"limit {limit}" if limit else "all"}
+
+
 def _column_names(results: list[EvalResults]) -> list[str]:
-    """One column per model; a model evaluated with several prompts gets one column per prompt."""
-    prompts = defaultdict(set)
+    """One column per model. Runs of one model that would share rows (same task and data) but differ in
+    prompt, split, beams, max_new_tokens or limit get one column each, labelled by what differs; two models
+    given by the same name (two folders called 'final') are told apart by their run folder's name."""
+    from xllama.eval.results import default_run_dir
+
+    paths = defaultdict(set)
     for r in results:
-        prompts[r.model].add(r.prompt)
-    return [r.model if len(prompts[r.model]) == 1 else f"{r.model} ({r.prompt})" for r in results]
+        paths[r.model].add(r.extra.get("model_path") or r.model)
+    labels = [r.model if len(paths[r.model]) == 1 else
+              f"{r.model} [{default_run_dir(r.extra.get('model_path') or r.model).name}]" for r in results]
+    runs = defaultdict(list)
+    for label, r in zip(labels, results):
+        runs[(label, r.task, r.data)].append(_qualifiers(r))
+    names = []
+    for label, r in zip(labels, results):
+        group = runs[(label, r.task, r.data)]
+        mine = _qualifiers(r)
+        differ = [value for key, value in mine.items() if len({q[key] for q in group}) > 1]
+        names.append(f"{label} ({', '.join(differ)})" if differ else label)
+    return names
 
 
 def build_report(paths: list[str | Path]) -> dict:

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spm-model", help=f"local copy of the flores SentencePiece model (or ${M.SPM_MODEL_ENV})")
     parser.add_argument("--comet-model", default=M.DEFAULT_COMET_MODEL,
                         help="COMET Hub id or local checkpoint folder/.ckpt (default: %(default)s)")
+    parser.add_argument("--cometkiwi-model", default=M.COMET_METRICS["cometkiwi"],
+                        help="for the reference-free cometkiwi (default: %(default)s)")
+    parser.add_argument("--xcomet-model", default=M.COMET_METRICS["xcomet"], help="for xcomet (default: %(default)s)")
     parser.add_argument("--comet-batch-size", type=int, default=16)
     parser.add_argument("--bleurt-model", default=M.DEFAULT_BLEURT_MODEL,
                         help="BLEURT PyTorch-port checkpoint (default: %(default)s; needs bleurt-pytorch)")
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         hyps, refs, target, srcs=srcs, metrics=metrics, bleu_tokenize=args.bleu_tokenize,
         spbleu_tokenize=args.spbleu_tokenize, spm_model=args.spm_model, comet_model=args.comet_model,
         comet_batch_size=args.comet_batch_size, bleurt_model=args.bleurt_model, gpus=args.gpus,
+        cometkiwi_model=args.cometkiwi_model, xcomet_model=args.xcomet_model,
     )
     result = {"hyp": str(args.hyp), "ref": str(args.ref), "tgt": target, **result}
     if args.out:

@@ -4,10 +4,12 @@
 ``xllama.prompts.translation_prompt`` (the x-LLM Alpaca prompt or ALMA's), the answer is the first line the
 model generates, scores come from ``xllama.eval.metrics.score_translation``. It writes, under ``out``:
 
-- ``translation_<data>_<prompt>/<src>-<tgt>.txt``: the hypotheses, one per line (``xllama eval score`` input);
-- ``results_translation_<data>_<prompt>.json``: scores, metric signatures, model, data, prompt and decoding
-  settings (``xllama.eval.results`` schema; ``xllama eval report`` reads it). Directions evaluated earlier
-  with the same model and settings are kept, so pairs can be added one run at a time;
+- ``translation_<data>_<prompt>[_<split>][_beam<k>][_limit<n>]/<src>-<tgt>.txt``: the hypotheses, one per line
+  (``xllama eval score`` input);
+- ``results_`` + the same name + ``.json``: scores, metric signatures, model, data, prompt and decoding settings
+  (``xllama.eval.results`` schema; ``xllama eval report`` reads it). Directions evaluated earlier with the same
+  model and settings are kept, so pairs can be added one run at a time; a file of another run (other model or
+  decoding settings) is refused, never replaced silently (``overwrite=True`` replaces it);
 - ``cache/``: generated outputs per batch, so an interrupted run resumes where it stopped.
 """
 
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -64,61 +65,6 @@ def load_translation_data(data: str, src: str, tgt: str, split: str = "devtest")
                       "WMT JSON(L) file or a text-file pattern with {lang}")
 
 
-# ---------------------------------------------------------------------------------------------- results
-
-
-GENERIC_NAMES = ("devtest", "dev", "test", "valid", "eval", "data")
-
-
-def data_slug(data: str) -> str:
-    """A file-name-safe short name for a data argument: 'flores101', or the path's last component (with its
-    parent's when that is as generic as 'devtest': 'flores101-devtest')."""
-    parts = [p for p in data.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    name = data
-    if len(parts) > 1 or "/" in data:
-        name = parts[-1] if parts else "data"
-        if name.lower() in GENERIC_NAMES and len(parts) > 1:
-            name = f"{parts[-2]}-{name}"
-    name = re.sub(r"\{([a-z]+)\}", lambda m: "" if m.group(1) == "lang" else m.group(1), name)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-._")
-    return name or "data"
-
-
-def save_results(path: Path, record: dict) -> None:
-    """Write ``record`` (the results schema); scores of groups it lacks are carried over from an existing file
-    of the same model/data/prompt/decoding, so directions or languages can be added in later runs."""
-    from xllama.eval.results import read_results, write_results
-
-    if path.is_file():
-        try:
-            old = read_results(path)
-        except XllamaError as e:
-            logger.warning("replacing unreadable results file %s (%s)", path, e)
-        else:
-            def identity(model, data, prompt, decoding, extra):
-                batching = ("batch_tokens", "batch_size")  # changes speed, not outputs
-                return (model, data, prompt, {k: v for k, v in decoding.items() if k not in batching},
-                        extra.get("limit"), extra.get("split"))
-
-            same = identity(old.model, old.data, old.prompt, old.decoding, old.extra) == identity(
-                record["model"], record["data"], record["prompt"], record["decoding"], record.get("extra", {}))
-            if same:
-                outputs = record.setdefault("extra", {}).setdefault("outputs", {})
-                for group, scores in old.scores.items():
-                    record["scores"].setdefault(group, scores)
-                    if group in old.signatures:
-                        record["signatures"].setdefault(group, old.signatures[group])
-                    if group in old.extra.get("outputs", {}):
-                        outputs.setdefault(group, old.extra["outputs"][group])
-    write_results(path, record)
-
-
-def generation_record(model, settings: dict, batch_tokens: int | None, batch_size: int | None) -> dict:
-    """The 'decoding' block of a results file: what changes outputs, and how batching was set."""
-    dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    return {**settings, "batch_tokens": batch_tokens, "batch_size": batch_size, "dtype": dtype}
-
-
 # ---------------------------------------------------------------------------------------------- runner
 
 
@@ -142,11 +88,16 @@ def evaluate_translation(
     device: str | None = None,
     progress: bool = True,
     metric_options: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Translate every direction in ``pairs`` with one model, score it, write outputs and results; returns the
     results record. ``model``/``tokenizer`` may be passed already loaded (``model_spec`` then only names it)."""
-    from xllama.eval.generate import decoding_settings, eos_token_ids, generate, load_for_generation
+    from xllama.distributed import is_main_process, rank_and_world
+    from xllama.eval.generate import (decoding_settings, eos_token_ids, generate, generation_record,
+                                      load_for_generation)
     from xllama.eval.metrics import check_metric_packages, parse_metrics, score_translation
+    from xllama.eval.results import (check_results_file, default_run_dir, model_identity, result_stem,
+                                     run_identity, save_results)
     from xllama.modeling import resolve_model
     from xllama.prompts import PROMPT_STYLES, translation_prompt
 
@@ -168,21 +119,29 @@ def evaluate_translation(
         if not sources:
             raise XllamaError(f"{data}: no sentences for {src}-{tgt}")
         corpora[(src, tgt)] = (sources[:limit], refs[:limit])
+    # Where results go: the name carries data, prompt, split, beams and limit; a file holding another run's
+    # results is refused before the model is loaded (and again, with the full decoding settings, after).
+    out = Path(out) if out is not None else default_run_dir(model_spec)
+    name = result_stem("translation", data, prompt, split, limit, num_beams)
+    results_path = out / f"results_{name}.json"
+    known = {"task": "translation", "model": model_identity(model_spec), "data": data, "prompt": prompt,
+             "split": split, "limit": limit, "decoding.num_beams": num_beams, "decoding.max_new_tokens": max_new_tokens}
+    check_results_file(results_path, known, overwrite)
 
     if model is None or tokenizer is None:
         model, tokenizer = load_for_generation(model_spec, dtype=dtype, device=device)
-    out = Path(out) if out is not None else default_out_dir(model_spec)
-    name = f"{data_slug(data)}_{prompt}"
     settings = decoding_settings(max_new_tokens, num_beams, True, eos_token_ids(model, tokenizer))
     record = {
         "task": "translation", "model": str(model_spec), "data": data, "prompt": prompt,
         "decoding": generation_record(model, settings, batch_tokens, batch_size),
         "scores": {}, "signatures": {},
-        "extra": {"split": split, "limit": limit, "metrics": list(metric_names),
-                  "prompt_template": translation_prompt(prompt, *directions[0], "{text}"), "outputs": {}},
+        "extra": {"model_path": model_identity(model_spec), "split": split, "limit": limit,
+                  "metrics": list(metric_names),
+                  "prompt_template": translation_prompt(prompt, *directions[0], "{text}"), "outputs": {},
+                  "processes": rank_and_world()[1]},
     }
-    results_path = out / f"results_translation_{name}.json"
     record["extra"]["results_file"] = str(results_path)
+    check_results_file(results_path, run_identity(record), overwrite)
     for src, tgt in directions:
         pair = f"{src}-{tgt}"
         sources, refs = corpora[(src, tgt)]
@@ -190,7 +149,9 @@ def evaluate_translation(
         hyps = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                         batch_tokens=batch_tokens, num_beams=num_beams, stop_at_newline=True, progress=progress,
                         cache=out / "cache" if cache else None, desc=f"{pair}")
-        hyp_path = out / f"translation_{name}" / f"{pair}.txt"
+        if not is_main_process():
+            continue  # under `accelerate launch` every process generates a shard; rank 0 scores and writes
+        hyp_path = out / name / f"{pair}.txt"
         atomic_write_text(hyp_path, "".join(h.replace("\n", " ") + "\n" for h in hyps))
         scored = score_translation(hyps, refs, tgt, srcs=sources, metrics=metric_names, progress=progress,
                                    **(metric_options or {}))
@@ -200,10 +161,5 @@ def evaluate_translation(
         record["extra"]["outputs"][pair] = str(hyp_path.relative_to(out))
         logger.info("%s %s: %s", model_spec, pair,
                     ", ".join(f"{k} {v:.2f}" for k, v in record["scores"][pair].items() if k != "n"))
-        save_results(results_path, record)  # after every direction: an interrupted run keeps what it scored
+        save_results(results_path, record, overwrite)  # after every direction: an interrupted run keeps those
     return record
-
-
-def default_out_dir(model_spec: str) -> Path:
-    """runs/eval/<model name>: one folder per model, so `xllama eval report runs/eval/*` compares them."""
-    return Path("runs") / "eval" / data_slug(str(model_spec))

@@ -2,7 +2,7 @@
 
   xllama scaling fit POINTS.csv --out FIT.json [--form auto|power|joint|log] [--plot FIT.png]
   xllama scaling allocate FIT.json --budget 100000 [--cap zh=15000 ...] [--min ar=1000 ...]
-                          [--weight zh=2 ...] [--objective sum|maximin] [--out ALLOC.json]
+                          [--weight zh=2 ...] [--objective sum|maximin] [--out ALLOC.json] [--json]
 
 POINTS.csv has columns lang,size,score (size = parallel pairs, score = any higher-is-better metric). The
 paper's exact scaling equation was not available, so `fit` tries a per-language saturating power law, a joint
@@ -76,6 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     alloc.add_argument("--objective", default="sum", choices=["sum", "maximin"],
                        help="sum: maximise the (weighted) mean predicted score; maximin: raise the weakest")
     alloc.add_argument("--out", help="also write the allocation JSON here (the data mixer reads its 'allocation')")
+    alloc.add_argument("--json", action="store_true", help="print the allocation as JSON instead of a table")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,5 +149,30 @@ def _allocate(args) -> int:
     result["fit"] = str(args.fit)
     if args.out:
         atomic_write_json(args.out, result)
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(_allocation_table(result, args.out))
     return 0
+
+
+def _allocation_table(result: dict, out: str | None) -> str:
+    """The allocation for a person: pairs and predicted score per language next to the uniform split."""
+    uniform = result["uniform"]
+    limits = result["constraints"]
+    lines = [f"{result['budget']:,} pairs, objective {result['objective']}", "",
+             f"{'':<6} {'allocated':>21} {'uniform split':>21}",
+             f"{'lang':<6} {'pairs':>10} {'predicted':>10} {'pairs':>10} {'predicted':>10} {'min':>8} "
+             f"{'cap':>10} {'weight':>7}"]
+    for lang, pairs in result["allocation"].items():
+        weight = (limits.get("weight") or {}).get(lang, 1)
+        lines.append(f"{lang:<6} {pairs:>10,} {result['predicted'][lang]:>10.4g} {uniform['allocation'][lang]:>10,} "
+                     f"{uniform['predicted'][lang]:>10.4g} {limits['min'].get(lang, 0):>8,} "
+                     f"{limits['max'].get(lang, 0):>10,} {weight:>7g}")
+    ci = result.get("gain_ci95")
+    ci_text = f" (95% interval {ci[0]:+.4g} to {ci[1]:+.4g})" if ci else ""
+    lines += ["", f"objective {result['objective_value']:.4g} vs uniform {uniform['objective']:.4g}: "
+              f"gain {result['gain']:+.4g}{ci_text}, the {result['gain_meaning']}"]
+    lines.append(f"written to {out} (--json prints it)" if out else "--json prints the full result; --out FILE "
+                 "writes it for `xllama data build --allocation`")
+    return "\n".join(lines)
