@@ -136,7 +136,7 @@ def test_hub_corpora_stream_from_a_mirror(tmp_path, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from xllama.alma.data import read_documents
+    from xllama.data.sources import load_documents as read_documents
 
     docs = [f"Dokument Nummer {i}." for i in range(50)]
     files = tmp_path / "owner/corpus/de"

@@ -151,7 +151,8 @@ def test_counts_fractions_nested_subsamples_and_shortfall():
     base = {"sample": True, "languages": ["zh"], "seed": 3}
     small, m_small = build({**base, "sizes": {"alpaca_en": 10, "alpaca_zh": 0.5}, "parallel_sizes": {"zh": 20}})
     assert m_small["by_source"] == {"alpaca_en": 10, "alpaca_zh": 30, "translation": 20}
-    assert m_small["sizes"]["alpaca_zh"] == {"requested": 0.5, "wanted": 30, "available": 60, "used": 30}
+    assert m_small["sizes"]["alpaca_zh"] == {"requested": 0.5, "wanted": 30, "available": 60, "used": 30,
+                                             "drawn": 30, "repeated": 0, "dropped": 30}
     large, _ = build({**base, "sizes": {"alpaca_en": 25}, "parallel_sizes": {"zh": 40}})
 
     def outputs(ds, source):
@@ -292,3 +293,52 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_mix(dataset, manifest, tmp_path / "mix", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- weighting
+
+
+def test_temperature_shares_follow_the_mt5_convention():
+    from xllama.data.sample import allocate, language_shares
+
+    sizes = {"zh": 9000, "sw": 1000}
+    assert language_shares(sizes, 1.0) == pytest.approx({"zh": 0.9, "sw": 0.1})  # natural proportions
+    flat = language_shares(sizes, 5.0)  # p ~ n^(1/5)
+    assert flat["zh"] == pytest.approx(9 ** 0.2 / (9 ** 0.2 + 1)) and 0.5 < flat["zh"] < 0.9
+    assert language_shares(sizes, 1000.0)["sw"] == pytest.approx(0.5, abs=0.01)
+    assert language_shares(sizes, weights={"zh": 1, "sw": 3}) == {"zh": 0.25, "sw": 0.75}
+    assert allocate({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}, 10) == {"a": 4, "b": 3, "c": 3}  # adds up exactly
+
+
+def test_weights_up_and_down_sample_with_accounting():
+    base = {"sample": True, "mix": "m-llama", "languages": ["zh", "de"], "seed": 5}
+    _, plain = build(base)
+    available = {k: v["available"] for k, v in plain["sizes"].items()}
+    ds, m = build({**base, "weights": {"zh": 3, "de": 1}})
+    for kind in ("alpaca", "translation_en"):
+        zh, de = m["sizes"][f"{kind}_zh" if kind == "alpaca" else "translation_en-zh"], \
+            m["sizes"][f"{kind}_de" if kind == "alpaca" else "translation_en-de"]
+        total = zh["available"] + de["available"]
+        assert zh["drawn"] + de["drawn"] == total and abs(zh["drawn"] - 3 * de["drawn"]) <= 3
+        assert zh["repeated"] == zh["drawn"] - zh["available"] > 0 and zh["dropped"] == 0  # up-sampled
+        assert de["dropped"] == de["available"] - de["drawn"] > 0 and de["repeated"] == 0  # down-sampled
+    assert m["sizes"]["alpaca_en"] == {**m["sizes"]["alpaca_en"], "drawn": available["alpaca_en"], "repeated": 0}
+    # repeats survive de-duplication: the mix has exactly the drawn rows
+    assert m["by_source"]["alpaca_zh"] == m["sizes"]["alpaca_zh"]["drawn"]
+    assert m["spec"]["weights"] == {"zh": 3.0, "de": 1.0}
+    with pytest.raises(XllamaError, match=r"mix\.weights: no weight for de"):
+        MixSpec.from_dict({**base, "weights": {"zh": 1}})
+    with pytest.raises(XllamaError, match=r"mix: give weights .* or temperature .*, not both"):
+        MixSpec.from_dict({**base, "weights": {"zh": 1, "de": 1}, "temperature": 2})
+    with pytest.raises(XllamaError, match=r"mix\.temperature: expected a positive number"):
+        MixSpec.from_dict({**base, "temperature": 0})
+
+
+def test_explicit_upsampling():
+    base = {"sample": True, "languages": ["zh"], "sizes": {"alpaca_zh": 100}}
+    _, short = build(base)
+    assert short["sizes"]["alpaca_zh"]["drawn"] == short["sizes"]["alpaca_zh"]["available"] < 100
+    _, up = build({**base, "upsample": True})
+    size = up["sizes"]["alpaca_zh"]
+    assert (size["drawn"], size["repeated"], size["dropped"]) == (100, 100 - size["available"], 0)
+    assert up["by_source"]["alpaca_zh"] == 100

@@ -45,20 +45,28 @@ Every pair gives one example per direction: prompt ``alma_prompt(src, tgt, sourc
 ``prompt_length`` is the number of prompt tokens, so the loss falls on the target and EOS only. The prompt and
 the whole example are tokenised separately and the prompt length checked against the whole, so the model trains
 on exactly the tokens it sees at inference time, where the prompt is tokenised alone.
+
+Reading, cleaning and sampling are the shared data layer's (:mod:`xllama.data`): documents and pairs are read by
+``sources.load_documents`` / ``sources.load_parallel``, pairs cleaned by ``mix.clean_pairs`` with the one
+contamination guard (``guard.ContaminationGuard``: normalised keys and n-gram overlap, counts per rule in the
+manifest), sub-sampled by ``sample.draw`` and shared out by ``sample.language_shares`` / ``sample.allocate``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
-import os
 import re
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xllama.data.guard import ContaminationGuard, GuardReport, guard_manifest, normalize
+from xllama.data.mix import clean_pairs
+from xllama.data.sample import allocate as allocate_blocks
+from xllama.data.sample import draw
+from xllama.data.sample import language_shares as shares_by_size
+from xllama.data.sources import ParallelData, load_documents, load_guard, load_parallel
 from xllama.errors import XllamaError
 from xllama.languages import get_language, parse_pair
 
@@ -363,115 +371,6 @@ def tokenize(dataset, tokenizer, recipe):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def read_documents(location: str, lang: str, text_field: str = "text", max_documents: int | None = None,
-                   max_chars: int | None = None) -> tuple[list[str], dict]:
-    """Documents of one location -> (non-empty documents, provenance). Local files: plain text (one document per
-    line, .gz allowed), JSON/JSONL/parquet records with ``text_field``, or a folder of such files. ``hf:``
-    locations are streamed and stop at ``max_documents`` or once ``max_chars`` characters are read."""
-    limit = max_documents or math.inf
-    char_limit = max_chars or math.inf
-    docs: list[str] = []
-    chars = 0
-
-    def take(text, where: str) -> bool:
-        nonlocal chars
-        if text is None:
-            return len(docs) < limit
-        if not isinstance(text, str):
-            raise XllamaError(f"{where}: field {text_field!r} should be a string, got {type(text).__name__}")
-        text = text.strip()
-        if text:
-            docs.append(text)
-            chars += len(text)
-        return len(docs) < limit and chars < char_limit
-
-    if location.startswith("hf:"):
-        stream, provenance = _hub_stream(location)
-        for n, record in enumerate(stream, 1):
-            if text_field not in record:
-                raise XllamaError(f"{location}: row {n} has no field {text_field!r} (fields: {sorted(record)}); "
-                                  "set data.text_field")
-            if not take(record[text_field], f"{location}: row {n}"):
-                break
-        provenance.update(documents=len(docs), chars=chars)
-        return docs, provenance
-
-    from xllama.data.sources import _suffix, file_info, natural_key, read_records
-
-    path = Path(location).expanduser()
-    if not path.exists():
-        raise XllamaError(f"monolingual {lang} text not found: {location}")
-    files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key) \
-        if path.is_dir() else [path]
-    if not files:
-        raise XllamaError(f"no files in monolingual {lang} folder {path}")
-    used = []
-    for f in files:
-        used.append(file_info(f))
-        if _suffix(f) in RECORD_SUFFIXES:
-            for label, record in read_records(f)[0]:
-                if text_field not in record:
-                    raise XllamaError(f"{f}: {label} has no field {text_field!r} (fields: {sorted(record)}); "
-                                      "set data.text_field")
-                if not take(record[text_field], f"{f}: {label}"):
-                    break
-        else:
-            for line in _read_lines(f):
-                if not take(line, str(f)):
-                    break
-        if len(docs) >= limit or chars >= char_limit:
-            break
-    return docs, {"location": location, "files": used, "documents": len(docs), "chars": chars}
-
-
-def _read_lines(path: Path):
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            yield line.rstrip("\n").rstrip("\r")
-
-
-def parse_hub_location(location: str) -> tuple[str, str | None, str | None]:
-    """'hf:owner/name[:config]' -> (repo, config, None); 'hf:owner/name/path/glob' -> (repo, None, glob)."""
-    body = location[3:]
-    repo_part, _, config = body.partition(":")
-    parts = repo_part.split("/")
-    if len(parts) < 2 or not all(parts[:2]) or (len(parts) > 2 and config):
-        raise XllamaError(f"bad Hub location {location!r}: expected hf:owner/name[:config] or hf:owner/name/FILES "
-                          "(a path or glob inside the repo, e.g. hf:uonlp/CulturaX/de/*.parquet)")
-    repo = "/".join(parts[:2])
-    files = "/".join(parts[2:]) or None
-    return repo, (config or None), files
-
-
-def _hub_stream(location: str, split: str = "train"):
-    """A streaming iterator over a Hub dataset's records (or its mirror), and its provenance."""
-    from datasets import load_dataset
-
-    from xllama.data.hub import hub_url
-
-    repo, config, files = parse_hub_location(location)
-    mirror = os.environ.get("XLLAMA_HUB_MIRROR")
-    try:
-        if files:
-            builder = "parquet" if files.endswith(".parquet") else "json"
-            url = hub_url(repo, files)
-            stream = load_dataset(builder, data_files={split: url}, split=split, streaming=True)
-        elif mirror:  # the mirror holds the repo's parquet export: <repo>/<config>/<split>/*.parquet
-            url = os.path.join(mirror, repo, config or "default", split, "*.parquet")
-            stream = load_dataset("parquet", data_files={split: url}, split=split, streaming=True)
-        else:
-            stream = load_dataset(repo, config, split=split, streaming=True)
-    except (FileNotFoundError, ValueError) as e:
-        raise XllamaError(f"could not load {location}: {e}") from None
-    except (ConnectionError, OSError) as e:
-        raise XllamaError(f"could not reach {location}: {e}. Offline? Set XLLAMA_HUB_MIRROR to a local copy "
-                          "laid out as <mirror>/<repo>/<path>, or give a local path") from None
-    return iter(stream), {"location": location, "hub": repo, "config": config, "files": files, "split": split}
-
-
 def _stream_char_limit(spec: MonolingualSpec, lang: str, block_size: int) -> int | None:
     """Characters to stream from a Hub corpus for ``lang``: about its share of the budget, generously."""
     if spec.ratios is None:
@@ -504,7 +403,7 @@ def load_monolingual(spec: MonolingualSpec, max_length: int):
                     f"data.monolingual.{lang}: a Hub corpus ({location}) with temperature sampling needs "
                     "data.max_documents (the stream would otherwise be read to its end)"
                 )
-            part, info = read_documents(location, lang, spec.text_field, left, limit)
+            part, info = load_documents(location, lang, spec.text_field, left, limit)
             docs += part
             provenance.append(info)
         if not docs:
@@ -540,19 +439,7 @@ def language_shares(spec: MonolingualSpec, tokens: dict[str, int]) -> dict[str, 
     """Each language's share of the budget: the fixed ratios, or tokens^(1/T) normalised (temperature)."""
     if spec.ratios is not None:
         return dict(spec.ratios)
-    weights = {lang: tokens[lang] ** (1.0 / spec.temperature) for lang in spec.languages}
-    total = sum(weights.values())
-    return {lang: w / total for lang, w in weights.items()}
-
-
-def allocate_blocks(shares: dict[str, float], total: int) -> dict[str, int]:
-    """Split ``total`` blocks by ``shares`` (largest remainder, so the counts add up exactly)."""
-    exact = {lang: share * total for lang, share in shares.items()}
-    counts = {lang: int(math.floor(x)) for lang, x in exact.items()}
-    left = total - sum(counts.values())
-    for lang in sorted(exact, key=lambda k: (-(exact[k] - counts[k]), list(shares).index(k)))[:left]:
-        counts[lang] += 1
-    return counts
+    return shares_by_size({lang: tokens[lang] for lang in spec.languages}, spec.temperature)
 
 
 def tokenize_monolingual(dataset, tokenizer, spec: MonolingualSpec, max_length: int):
@@ -615,9 +502,14 @@ def tokenize_monolingual(dataset, tokenizer, spec: MonolingualSpec, max_length: 
         stats_langs[lang] = {"tokens_available": tokens[lang], "blocks_available": available, "blocks": want,
                              "share": round(shares[lang], 6), "epochs": round(epochs, 4)}
     ids = np.concatenate(chosen) if chosen else np.zeros((0, block), np.int32)
-    offsets = np.arange(0, ids.size + 1, block, dtype=np.int32)
+    # Arrow list offsets are int32: past 2**31 tokens they would wrap, so the column is built in chunks of fewer
+    # than 2**31 tokens each (the training store's own offsets are int64: xllama.train.store).
+    rows = max(1, (2**31 - 1) // block)
+    chunks = [pa.ListArray.from_arrays(pa.array(np.arange(0, len(part) * block + 1, block, dtype=np.int32)),
+                                       pa.array(part.reshape(-1)))
+              for part in (ids[i : i + rows] for i in range(0, len(ids), rows))]
     table = pa.table({
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(ids.reshape(-1))),
+        "input_ids": pa.chunked_array(chunks, type=pa.list_(pa.int32())),
         "prompt_length": pa.array(np.zeros(len(ids), dtype=np.int64)),
     })
     stats = {"task": MONOLINGUAL, "examples": len(ids), "block_size": block, "token_budget": spec.token_budget,
@@ -631,48 +523,10 @@ def tokenize_monolingual(dataset, tokenizer, spec: MonolingualSpec, max_length: 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def normalize(text: str) -> str:
-    """The form in which two sentences count as the same (guard and duplicate checks)."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
-
-
-def load_pairs(location: str, src: str, tgt: str, split: str = "train") -> tuple[list[str], list[str], dict]:
-    """Sentence pairs src->tgt of one location -> (sources, targets, provenance). Local files and ``hf:`` training
-    data go through :func:`xllama.data.sources.load_parallel`; ``hf:`` validation data reads split ``split``."""
-    from xllama.data.hub import load_hub_dataset, parse_location
-    from xllama.data.sources import load_parallel
-
-    hub = parse_location(location) if location.startswith("hf:") else None
-    if hub is None or split == "train":
-        data = load_parallel(location, src, tgt)
-        return list(data.source), list(data.target), data.provenance
-    repo, config = hub
-    config = config or f"{src}-{tgt}"
-    ds = load_hub_dataset(repo, config, split)
-    sources, targets = [], []
-    for n, row in enumerate(ds, 1):
-        pair = row.get("translation", row)
-        if not isinstance(pair, dict) or src not in pair or tgt not in pair:
-            raise XllamaError(f"{location} ({split}): row {n}: expected {{'translation': {{'{src}': ..., "
-                              f"'{tgt}': ...}}}} or columns {src}/{tgt}, got fields {sorted(row)}")
-        sources.append("" if pair[src] is None else str(pair[src]))
-        targets.append("" if pair[tgt] is None else str(pair[tgt]))
-    if not sources:
-        raise XllamaError(f"no {src}-{tgt} sentence pairs in {location} ({split})")
-    return sources, targets, {"location": location, "hub": repo, "config": config, "split": split,
-                              "pairs": len(sources)}
-
-
-def _guard_sentences(spec: ParallelSpec) -> tuple[set[str], list[dict]]:
-    from xllama.data.sources import load_guard
-
+def _guard(spec: ParallelSpec) -> tuple[ContaminationGuard | None, list[dict]]:
     languages = sorted({lang for pair in spec.pairs for lang in pair.split("-") if lang != "en"})
-    sentences, provenance = set(), []
-    for location in spec.guard:
-        guard = load_guard(location, languages)
-        sentences.update(normalize(t) for t in guard.texts if t.strip())
-        provenance.append(guard.provenance)
-    return sentences, provenance
+    sets = [load_guard(location, languages) for location in spec.guard]
+    return (ContaminationGuard(sets) if sets else None), [g.provenance for g in sets]
 
 
 def _directions(spec: ParallelSpec, a: str, b: str) -> list[tuple[str, str]]:
@@ -682,17 +536,6 @@ def _directions(spec: ParallelSpec, a: str, b: str) -> list[tuple[str, str]]:
     return [(x, "en")] if spec.directions == "x-en" else [("en", x)]
 
 
-def _subsample(n: int, size: int | None, seed: int, key: str) -> list[int]:
-    """Indices of a seeded sub-sample (all when ``size`` is None or larger), in corpus order; nested across
-    sizes: with the same seed a smaller sample is contained in a larger one."""
-    if size is None or size >= n:
-        return list(range(n))
-    import numpy as np
-
-    order = np.random.default_rng([seed, int.from_bytes(key.encode(), "little") % (2**32)]).permutation(n)
-    return sorted(order[:size].tolist())
-
-
 def load_parallel_text(spec: ParallelSpec):
     """Training and validation pairs -> (Dataset[src, tgt, source, target, split], manifest); one row per
     direction, so the text set is exactly what is trained on."""
@@ -700,48 +543,37 @@ def load_parallel_text(spec: ParallelSpec):
     from datasets import Dataset
 
     started = time.perf_counter()
-    guard, guard_info = _guard_sentences(spec) if spec.guard else (set(), [])
+    guard, guard_info = _guard(spec)
+    report = GuardReport(guard) if guard else None
     columns = {c: [] for c in ("src", "tgt", "source", "target", "split")}
-    report = {"train": {}, "valid": {}}
+    pairs_report = {"train": {}, "valid": {}}
     digest = hashlib.blake2b(digest_size=16)
     seen_train = set()
     for split, locations, sizes in (("train", spec.pairs, spec.sizes), ("valid", spec.valid, spec.valid_sizes)):
         for pair, locs in locations.items():
             a, b = pair.split("-")
-            sources, targets, provenance = [], [], []
+            data, provenance = ParallelData(a, b), []
             for location in locs:
                 if split == "valid" and not location.startswith("hf:") and Path(location).expanduser().is_dir():
                     raise XllamaError(f"data.valid.{pair}: {location} is a folder; give the validation file itself "
                                       f"(e.g. {Path(location) / f'valid.{pair}.json'}), so that training pairs are "
                                       "never taken for validation ones")
-                s, t, info = load_pairs(location, a, b, split="train" if split == "train" else "validation")
-                sources += s
-                targets += t
-                provenance.append(info)
-            removed = {"empty": 0, "duplicates": 0, "contamination": 0}
-            kept, seen = [], set()
-            for i, (s, t) in enumerate(zip(sources, targets)):
-                s, t = s.strip(), t.strip()
-                if not s or not t:
-                    removed["empty"] += 1
-                    continue
-                key = (normalize(s), normalize(t))
-                if key in seen:
-                    removed["duplicates"] += 1
-                    continue
-                if split == "train" and (key[0] in guard or key[1] in guard):
-                    removed["contamination"] += 1
-                    continue
-                seen.add(key)
-                kept.append((s, t))
+                part = load_parallel(location, a, b, split="train" if split == "train" else "validation")
+                data.source += part.source
+                data.target += part.target
+                data.origin += part.origin
+                provenance.append(part.provenance)
+            index, removed = clean_pairs(data, f"{split}:{pair}", report if split == "train" else None)
+            kept = [(data.source[i].strip(), data.target[i].strip()) for i in index]
+            keys = {hash((normalize(s), normalize(t))) for s, t in kept}
             if split == "valid":
-                overlap = sum(1 for s, t in kept if (normalize(s), normalize(t)) in seen_train)
+                overlap = len(keys & seen_train)
                 if overlap:
                     log.warning("%d of %d %s validation pairs also occur in the training pairs", overlap, len(kept),
                                 pair)
             else:
-                seen_train |= seen
-            index = _subsample(len(kept), sizes.get(pair), spec.seed, f"{split}:{pair}")
+                seen_train |= keys
+            index, drawn = draw(list(range(len(kept))), sizes.get(pair), spec.seed, f"{split}:{pair}")
             for x, y in _directions(spec, a, b):
                 for i in index:
                     s, t = kept[i]
@@ -749,9 +581,10 @@ def load_parallel_text(spec: ParallelSpec):
                     for column, value in zip(columns, (x, y, source, target, split)):
                         columns[column].append(value)
                     digest.update(f"{split}\t{x}\t{y}\t{source}\t{target}\n".encode("utf-8"))
-            report[split][pair] = {"loaded": len(sources), "removed": removed, "kept": len(kept),
-                                   "used": len(index), "directions": [f"{x}-{y}" for x, y in _directions(spec, a, b)],
-                                   "sources": provenance}
+            pairs_report[split][pair] = {"loaded": len(data), "removed": removed.as_dict(), "kept": len(kept),
+                                         "used": len(index), "sizes": drawn,
+                                         "directions": [f"{x}-{y}" for x, y in _directions(spec, a, b)],
+                                         "sources": provenance}
     n_train = columns["split"].count("train")
     if n_train == 0:
         raise XllamaError("no training pairs left after cleaning (empty sides, duplicates, guard)")
@@ -771,9 +604,10 @@ def load_parallel_text(spec: ParallelSpec):
         "columns": list(columns),
         "directions": spec.directions,
         "by_direction": by_direction,
-        "pairs": report["train"],
-        "valid": report["valid"],
+        "pairs": pairs_report["train"],
+        "valid": pairs_report["valid"],
         "guard": guard_info,
+        **guard_manifest(report),
         "seed": spec.seed,
         "content_hash": digest.hexdigest(),
         "xllama_version": __version__,

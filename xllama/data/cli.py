@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--directions", choices=("en-x", "x-en", "both"), help="translation directions (default en-x)")
     build.add_argument("--seed", type=int, help="seed for sub-sampling and shuffling (default 42)")
     build.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
+    build.add_argument("--accept-language-mismatch", action="store_true",
+                       help="build even when a source's detected language is not its label (recorded in the manifest)")
     build.add_argument("--min-length", type=int, help="shortest pair side kept (characters; CJK count 3)")
     build.add_argument("--max-length", type=int, help="longest pair side kept (default 1500)")
     build.add_argument("--max-length-ratio", type=float, help="largest length ratio of a pair's sides (default 3)")
@@ -154,6 +156,8 @@ def spec_dict_from_args(args: argparse.Namespace) -> tuple[dict, str]:
             d[key] = value
     if args.no_dedup:
         d["dedup"] = False
+    if args.accept_language_mismatch:
+        d["accept_language_mismatch"] = True
     if not d.get("sample") and not d.get("instructions") and not d.get("parallel"):
         raise XllamaError("nothing to build: give --instructions/--parallel, --spec FILE.yaml or --sample")
     return d, where
@@ -184,9 +188,19 @@ def _summary(manifest: dict) -> str:
     removed = manifest["removed"]
     lines.append(f"  removed: {removed['contamination']:,} contaminated, {removed['duplicates']:,} duplicates, "
                  f"{removed['filtered']:,} filtered")
+    if manifest.get("contamination_by_rule"):
+        rules = ", ".join(f"{rule} {n:,}" for rule, n in manifest["contamination_by_rule"].items())
+        lines.append(f"  contamination by rule: {rules}")
+    for check in manifest.get("language_check", []):
+        if check["mismatch"]:
+            shares = ", ".join(f"{lang} {share:.0%}" for lang, share in check["detected"].items())
+            lines.append(f"  warning: {check['source']} is labelled {check['label']} but detected as {shares} "
+                         "(accepted with --accept-language-mismatch)")
     for name, size in manifest.get("sizes", {}).items():
         if size.get("wanted") is not None and size["used"] < size["wanted"]:
             lines.append(f"  warning: {name}: {size['wanted']:,} requested, only {size['used']:,} available")
+        elif size.get("repeated"):
+            lines.append(f"  {name}: {size['drawn']:,} drawn from {size['available']:,} ({size['repeated']:,} repeats)")
     return "\n".join(lines)
 
 
@@ -204,7 +218,7 @@ def run_stats(args: argparse.Namespace) -> int:
     print(_summary(manifest))
     guards = ", ".join(g["location"] for g in manifest.get("guard", [])) or "none"
     print(f"  guard: {guards}")
-    print("  lengths (characters; words = whitespace-separated):")
+    print("  lengths (characters; words = whitespace-separated, characters in unsegmented scripts: zh, ja, th):")
     print(f"  {'source':<14} {'examples':>9} {'prompt mean':>12} {'output mean':>12} {'median':>7} "
           f"{'p95':>7} {'max':>7} {'words':>6}")
     for source, s in stats.items():

@@ -41,20 +41,53 @@ def load_hub_files(builder: str, repo: str, path: str, revision: str | None = No
         ) from None
 
 
-def load_hub_dataset(repo: str, config: str | None = None, split: str = "train"):
-    """Load a plain (script-free) Hub dataset with ``load_dataset(repo, config)``."""
+def load_hub_dataset(repo: str, config: str | None = None, split: str = "train", streaming: bool = False):
+    """Load a plain (script-free) Hub dataset with ``load_dataset(repo, config)`` (an iterable with
+    ``streaming``)."""
     from datasets import load_dataset
 
     mirror = os.environ.get("XLLAMA_HUB_MIRROR")
     try:
         if mirror:  # the mirror holds the repo's parquet export: <repo>/<config>/<split>/*.parquet
             files = os.path.join(mirror, repo, config or "default", split, "*.parquet")
-            return load_dataset("parquet", data_files={split: files}, split=split)
-        return load_dataset(repo, config, split=split)
+            return load_dataset("parquet", data_files={split: files}, split=split, streaming=streaming)
+        return load_dataset(repo, config, split=split, streaming=streaming)
     except (FileNotFoundError, ValueError) as e:
         raise XllamaError(f"could not load Hub dataset {repo!r} config {config!r} split {split!r}: {e}") from None
     except (ConnectionError, OSError) as e:
         raise XllamaError(f"could not reach Hub dataset {repo!r}: {e}. Offline? See XLLAMA_HUB_MIRROR.") from None
+
+
+def stream_hub(location: str, split: str = "train"):
+    """An iterator over the records of ``hf:owner/name[:config]`` (a script-free dataset) or
+    ``hf:owner/name/FILES`` (a path or glob in the repo, read by the parquet/json builder), and its provenance."""
+    from datasets import load_dataset
+
+    repo, config, files = parse_files_location(location)
+    if files is None:
+        stream = load_hub_dataset(repo, config, split, streaming=True)
+    else:
+        builder = "parquet" if files.endswith(".parquet") else "json"
+        url = hub_url(repo, files)
+        try:
+            stream = load_dataset(builder, data_files={split: url}, split=split, streaming=True)
+        except (FileNotFoundError, ValueError) as e:
+            raise XllamaError(f"could not load {location}: {e}") from None
+        except (ConnectionError, OSError) as e:
+            raise XllamaError(f"could not reach {location}: {e}. Offline? Set XLLAMA_HUB_MIRROR to a local copy "
+                              "laid out as <mirror>/<repo>/<path>, or give a local path") from None
+    return iter(stream), {"location": location, "hub": repo, "config": config, "files": files, "split": split}
+
+
+def parse_files_location(location: str) -> tuple[str, str | None, str | None]:
+    """'hf:owner/name[:config]' -> (repo, config, None); 'hf:owner/name/path/glob' -> (repo, None, glob)."""
+    body = location[3:] if location.startswith("hf:") else location
+    repo_part, _, config = body.partition(":")
+    parts = repo_part.split("/")
+    if not location.startswith("hf:") or len(parts) < 2 or not all(parts[:2]) or (len(parts) > 2 and config):
+        raise XllamaError(f"bad Hub location {location!r}: expected hf:owner/name[:config] or hf:owner/name/FILES "
+                          "(a path or glob inside the repo, e.g. hf:uonlp/CulturaX/de/*.parquet)")
+    return "/".join(parts[:2]), (config or None), ("/".join(parts[2:]) or None)
 
 
 def parse_location(location: str) -> tuple[str, str | None] | None:

@@ -6,10 +6,13 @@ says which data, how much of each and how to clean it; ``build_mix`` turns it in
 the columns ``instruction, input, output, source, lang, direction`` plus a manifest that records what went in,
 what was removed and why, and a content hash, so two runs can be compared by a single string.
 
-Cleaning, in this order, per source: drop empty sides and (for pairs) over-long sides and extreme length
-ratios ("filtered"); drop examples whose source or target sentence appears in a registered evaluation set
-("contamination"); drop exact duplicates ("duplicates"); then sub-sample to the requested size. Sub-samples
-are nested: with the same seed, a 5K sample of a corpus is contained in its 10K sample.
+Each source is first checked to be in its labelled language (:mod:`xllama.data.langid`). Cleaning, in this
+order, per source: drop empty sides and (for pairs) over-long sides and extreme length ratios ("filtered"); drop
+examples that break a rule of the contamination guard (:mod:`xllama.data.guard`: normalised keys, n-gram overlap)
+against a registered evaluation set ("contamination"); drop duplicates ("duplicates", by hash of the normalised
+text); then size each source (:mod:`xllama.data.sample`: counts, fractions, language weights or temperature;
+down- or up-sampled). Sub-samples are nested: with the same seed, a 5K sample of a corpus is contained in its 10K
+sample.
 """
 
 from __future__ import annotations
@@ -19,19 +22,20 @@ import logging
 import os
 import random
 import time
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from xllama.data.guard import ContaminationGuard, GuardReport, guard_manifest, normalize
+from xllama.data.langid import SAMPLE as LANGID_SAMPLE
+from xllama.data.langid import LanguageChecker
+from xllama.data.sample import allocate, draw, language_shares
 from xllama.data.sources import (
-    GuardData,
     InstructionData,
     ParallelData,
     load_guard,
     load_instructions,
     load_parallel,
-    split_sentences,
     text_length,
 )
 from xllama.errors import XllamaError
@@ -47,10 +51,6 @@ COLUMNS = ("instruction", "input", "output", "source", "lang", "direction")
 TRANSLATION = "translation"
 MANIFEST = "manifest.json"
 MIX_FORMAT = "xllama-mix"
-# Registered evaluation texts (and the sentences they split into) shorter than this, in text_length units,
-# are skipped, so that "2.", a year or a name never removes a training example. Every FLORES sentence is
-# longer (the shortest is 30 units), as are all but a few XQuAD questions.
-GUARD_MIN_LENGTH = 15
 
 
 def instruction_source(lang: str) -> str:
@@ -82,6 +82,10 @@ class MixSpec:
     max_length: int | None = 1500
     max_length_ratio: float | None = 3.0  # longer side / shorter side, text_length units
     sample: bool = False  # fill missing instructions/parallel/guard from the package's shipped sample
+    accept_language_mismatch: bool = False  # build even when a source is not in its labelled language
+    upsample: bool = False  # a size beyond what a source has repeats it (else: all of it, once)
+    temperature: float | None = None  # target languages' sources sized by n_l^(1/T) (m-LLaMA; implies upsample)
+    weights: dict[str, float] = field(default_factory=dict)  # or by fixed per-language weights (implies upsample)
 
     # -- construction ------------------------------------------------------------------------------------
 
@@ -101,7 +105,7 @@ class MixSpec:
             spec.mix = _choice(d["mix"], MIXES, at("mix"))
         if "directions" in d:
             spec.directions = _choice(d["directions"], DIRECTIONS, at("directions"))
-        for key in ("dedup", "guard_enabled", "sample"):
+        for key in ("dedup", "guard_enabled", "sample", "accept_language_mismatch", "upsample"):
             if key in d:
                 if not isinstance(d[key], bool):
                     raise XllamaError(f"{at(key)}: expected true or false, got {d[key]!r}")
@@ -170,6 +174,26 @@ class MixSpec:
         if d.get("allocation") is not None:
             spec.allocation = str(d["allocation"])
             spec._apply_allocation(at("allocation"))
+        if d.get("temperature") is not None:
+            value = d["temperature"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise XllamaError(f"{at('temperature')}: expected a positive number (1: natural proportions, "
+                                  f"larger: flatter), got {value!r}")
+            spec.temperature = float(value)
+        targets = [lang for lang in spec.languages if lang != "en"]
+        for lang, value in _mapping(d.get("weights"), at("weights")).items():
+            code = _language(lang, f"{at('weights')}.{lang}")
+            if code not in targets:
+                raise XllamaError(f"{at('weights')}.{lang}: not a target language of this mix ({', '.join(targets)})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise XllamaError(f"{at('weights')}.{lang}: expected a positive number, got {value!r}")
+            spec.weights[code] = float(value)
+        if spec.weights:
+            if spec.temperature is not None:
+                raise XllamaError(f"{where}: give weights (fixed shares) or temperature (p ~ n^(1/T)), not both")
+            missing = [lang for lang in targets if lang not in spec.weights]
+            if missing:
+                raise XllamaError(f"{at('weights')}: no weight for {', '.join(missing)}; give one per target language")
         return spec
 
     def to_dict(self) -> dict:
@@ -191,6 +215,10 @@ class MixSpec:
             "max_length": self.max_length,
             "max_length_ratio": self.max_length_ratio,
             "sample": self.sample,
+            "accept_language_mismatch": self.accept_language_mismatch,
+            "upsample": self.upsample,
+            "temperature": self.temperature,
+            "weights": dict(self.weights),
         }
 
     # -- what the named mixes use -------------------------------------------------------------------------
@@ -328,45 +356,6 @@ def _locations(value, where) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def normalize(text: str) -> str:
-    """Unicode NFKC and collapsed whitespace: how guard and de-duplication compare texts."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
-
-
-class ContaminationGuard:
-    """Normalised texts of the registered evaluation sets (whole lines and their sentences)."""
-
-    def __init__(self, sets: list[GuardData]):
-        self.sets = sets
-        self.index: dict[str, int] = {}
-        for gid, guard in enumerate(sets):
-            for text in guard.texts:
-                norm = normalize(text)
-                if text_length(norm) >= GUARD_MIN_LENGTH:
-                    self.index.setdefault(norm, gid)
-                for sentence in split_sentences(norm):
-                    if sentence != norm and text_length(sentence) >= GUARD_MIN_LENGTH:
-                        self.index.setdefault(sentence, gid)
-
-    def match(self, *texts: str) -> tuple[int, str] | None:
-        """(guard set index, matched text) if any normalised text, or any of its sentences, is registered."""
-        index = self.index
-        for norm in texts:
-            if not norm:
-                continue
-            gid = index.get(norm)
-            if gid is not None:
-                return gid, norm
-            for sentence in split_sentences(norm):
-                gid = index.get(sentence)
-                if gid is not None:
-                    return gid, sentence
-        return None
-
-    def __bool__(self) -> bool:
-        return bool(self.index)
-
-
 @dataclass
 class _Removed:
     filtered: int = 0
@@ -379,22 +368,12 @@ class _Removed:
 
 class _Cleaner:
     def __init__(self, spec: MixSpec, guard: ContaminationGuard | None):
-        self.spec, self.guard = spec, guard
-        self.by_guard: Counter = Counter()
-        self.samples: list[dict] = []  # a few contaminated examples, to show what the guard caught
+        self.spec = spec
+        self.report = GuardReport(guard) if guard else None
 
     def _contaminated(self, name: str, origin: str, *texts: str) -> bool:
         """``texts`` are normalised."""
-        if not self.guard:
-            return False
-        hit = self.guard.match(*texts)
-        if hit is None:
-            return False
-        self.by_guard[self.guard.sets[hit[0]].location] += 1
-        if len(self.samples) < 10:
-            self.samples.append({"source": name, "origin": origin, "matched": hit[1][:200],
-                                 "guard": self.guard.sets[hit[0]].location})
-        return True
+        return self.report is not None and self.report.contaminated(name, origin, *texts)
 
     def instructions(self, name: str, data: InstructionData) -> tuple[list[int], _Removed]:
         removed, keep, seen = _Removed(), [], set()
@@ -404,58 +383,74 @@ class _Cleaner:
                 removed.filtered += 1
             elif self._contaminated(name, data.origin[i], *key):
                 removed.contamination += 1
-            elif self.spec.dedup and key in seen:
+            elif self.spec.dedup and hash(key) in seen:
                 removed.duplicates += 1
             else:
-                seen.add(key)
+                seen.add(hash(key))
                 keep.append(i)
         return keep, removed
 
     def pairs(self, name: str, data: ParallelData) -> tuple[list[int], _Removed]:
         spec = self.spec
-        removed, keep, seen = _Removed(), [], set()
-        for i in range(len(data)):
-            a, b = data.source[i].strip(), data.target[i].strip()
-            la, lb = text_length(a), text_length(b)
-            if (
-                not a
-                or not b
-                or min(la, lb) < spec.min_length
-                or (spec.max_length is not None and max(la, lb) > spec.max_length)
-                or (spec.max_length_ratio is not None and max(la, lb) > spec.max_length_ratio * min(la, lb))
-            ):
-                removed.filtered += 1
-            else:
-                key = (normalize(a), normalize(b))
-                if self._contaminated(name, data.origin[i], *key):
-                    removed.contamination += 1
-                    continue
-                if spec.dedup and key in seen:
-                    removed.duplicates += 1
-                    continue
-                seen.add(key)
-                keep.append(i)
-        return keep, removed
+        return clean_pairs(data, name, self.report, spec.dedup, spec.min_length, spec.max_length, spec.max_length_ratio)
 
 
-def _subsample(indices: list[int], size, seed: int, name: str) -> tuple[list[int], dict]:
-    """Seeded, nested sub-sample: a fixed permutation per (seed, source), cut at the requested size."""
-    available = len(indices)
-    if size is None:
-        return indices, {"requested": None, "wanted": None, "available": available, "used": available}
-    want = round(size * available) if isinstance(size, float) else size
-    if want > available:
-        log.warning("%s: %d examples requested but only %d available after cleaning; using %d",
-                    name, want, available, available)
-    order = list(indices)
-    random.Random(f"{seed}:{name}").shuffle(order)
-    chosen = sorted(order[: min(want, available)])
-    return chosen, {"requested": size, "wanted": want, "available": available, "used": len(chosen)}
+def clean_pairs(data: ParallelData, name: str, guard: GuardReport | None = None, dedup: bool = True,
+                min_length: int = 1, max_length: int | None = None,
+                max_length_ratio: float | None = None) -> tuple[list[int], _Removed]:
+    """Indices of the pairs to keep, and what was removed: empty, too short/long or too unequal sides
+    ("filtered", lengths in text_length units), evaluation sentences ("contamination"), repeats of a pair
+    ("duplicates": compared by the hash of its normalised sides, so memory stays small)."""
+    removed, keep, seen = _Removed(), [], set()
+    for i in range(len(data)):
+        a, b = data.source[i].strip(), data.target[i].strip()
+        la, lb = text_length(a), text_length(b)
+        if (
+            not a
+            or not b
+            or min(la, lb) < min_length
+            or (max_length is not None and max(la, lb) > max_length)
+            or (max_length_ratio is not None and max(la, lb) > max_length_ratio * min(la, lb))
+        ):
+            removed.filtered += 1
+            continue
+        key = (normalize(a), normalize(b))
+        if guard is not None and guard.contaminated(name, data.origin[i], *key):
+            removed.contamination += 1
+            continue
+        if dedup:
+            digest = hash(key)
+            if digest in seen:
+                removed.duplicates += 1
+                continue
+            seen.add(digest)
+        keep.append(i)
+    return keep, removed
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Building
 # ----------------------------------------------------------------------------------------------------------
+
+
+def weighted_sizes(spec: MixSpec, cleaned: dict) -> dict:
+    """Each source's size: explicit (``sizes``, ``parallel_sizes``) or, with ``weights`` or ``temperature``, the
+    target languages' instruction sources and pair sources each share out their total (what is available after
+    cleaning) by language: p_l ~ weight_l, or p_l ~ n_l^(1/T). English instructions keep their size."""
+    sizes = {**spec.sizes, **{f"{TRANSLATION}_{pair}": v for pair, v in spec.parallel_sizes.items()}}
+    if spec.temperature is None and not spec.weights:
+        return sizes
+    for prefix in ("alpaca_", f"{TRANSLATION}_"):
+        group = {name: (len(keep), lang) for name, (_, keep, lang) in cleaned.items()
+                 if name.startswith(prefix) and lang != "en" and name not in sizes}
+        available = {lang: n for n, lang in group.values()}
+        if not available:
+            continue
+        weights = {lang: spec.weights[lang] for lang in available} if spec.weights else None
+        counts = allocate(language_shares(available, spec.temperature or 1.0, weights), sum(available.values()))
+        for name, (_, lang) in group.items():
+            sizes[name] = counts[lang]
+    return sizes
 
 
 def _directions(spec: MixSpec, src: str, tgt: str) -> list[tuple[str, str]]:
@@ -490,21 +485,20 @@ def build_mix(spec: MixSpec, progress: bool = True):
         guard_sets.append(load_guard(location, guard_langs))
         bar.update()
     guard = ContaminationGuard(guard_sets) if guard_sets else None
-    if spec.guard_enabled and not guard_sets:
-        log.warning("no evaluation set registered (guard): nothing is checked for contamination")
     unused = [f"instructions.{lang}" for lang in spec.instructions if lang not in instruction_langs]
     unused += [f"parallel.{pair}" for pair in spec.parallel if pair not in pairs]
     if unused:
         log.warning("mix %s does not use %s", spec.mix, ", ".join(unused))
     cleaner = _Cleaner(spec, guard)
+    checker = LanguageChecker(guard_langs, accept_mismatch=spec.accept_language_mismatch)
 
     columns = {c: [] for c in COLUMNS}
     sources_info, sizes_info, removed_by_source = [], {}, {}
 
-    row_source = []  # per row: the source's key in removed_by_source (alpaca_zh, translation_en-zh)
+    row_source = []  # per row: (the source's key in removed_by_source, record index): repeats share it
 
-    def add(key, name, instruction, input_, output, lang, direction):
-        row_source.append(key)
+    def add(key, i, name, instruction, input_, output, lang, direction):
+        row_source.append((key, i))
         columns["instruction"].append(instruction)
         columns["input"].append(input_)
         columns["output"].append(output)
@@ -512,6 +506,8 @@ def build_mix(spec: MixSpec, progress: bool = True):
         columns["lang"].append(lang)
         columns["direction"].append(direction)
 
+    # 1. load, check the language, clean
+    cleaned = {}  # source name -> (data, kept indices, the language it counts for in weighting)
     for lang in instruction_langs:
         name = instruction_source(lang)
         bar.set_postfix_str(name)
@@ -521,15 +517,16 @@ def build_mix(spec: MixSpec, progress: bool = True):
             part = load_instructions(location, lang, cache)
             data.extend(part)
             provenance.append(part.provenance)
+        step = max(1, len(data) // LANGID_SAMPLE)
+        checker.check(f"instructions.{lang}", lang, [f"{a}\n{b}" for a, b in zip(data.instruction[::step],
+                                                                                data.output[::step])],
+                      ", ".join(spec.instructions[lang]))
         keep, removed = cleaner.instructions(name, data)
-        keep, sizes_info[name] = _subsample(keep, spec.sizes.get(name), spec.seed, name)
+        cleaned[name] = (data, keep, lang)
         removed_by_source[name] = removed.as_dict()
         sources_info.append({"source": name, "lang": lang, "kind": "instructions", "loaded": len(data),
-                             "used": len(keep), "locations": provenance})
-        for i in keep:
-            add(name, name, data.instruction[i].strip(), data.input[i].strip(), data.output[i].strip(), lang, "")
+                             "locations": provenance})
         bar.update()
-
     for pair in pairs:
         src, tgt = pair.split("-")
         name = f"{TRANSLATION}_{pair}"
@@ -542,32 +539,51 @@ def build_mix(spec: MixSpec, progress: bool = True):
             data.target += part.target
             data.origin += part.origin
             provenance.append(part.provenance)
+        locations = ", ".join(spec.parallel[pair])
+        checker.check(f"parallel.{pair} ({src} side)", src, data.source, locations)
+        checker.check(f"parallel.{pair} ({tgt} side)", tgt, data.target, locations)
         keep, removed = cleaner.pairs(name, data)
-        keep, sizes_info[name] = _subsample(keep, spec.parallel_sizes.get(pair), spec.seed, name)
+        cleaned[name] = (data, keep, tgt if src == "en" else src)
         removed_by_source[name] = removed.as_dict()
-        directions = _directions(spec, src, tgt)
         sources_info.append({"source": TRANSLATION, "pair": pair, "kind": "parallel", "loaded": len(data),
-                             "used_pairs": len(keep), "directions": [f"{a}-{b}" for a, b in directions],
+                             "directions": [f"{a}-{b}" for a, b in _directions(spec, src, tgt)],
                              "locations": provenance})
-        for a, b in directions:
+        bar.update()
+
+    if spec.guard_enabled and not guard_sets:
+        log.warning("no evaluation set registered (guard): nothing is checked for contamination")
+
+    # 2. sizes (explicit, or by language weights / temperature), then draw: down- or up-sampled
+    sizes, repeat = weighted_sizes(spec, cleaned), spec.upsample or spec.temperature is not None or bool(spec.weights)
+    for info in sources_info:
+        name = info["source"] if info["kind"] == "instructions" else f"{TRANSLATION}_{info['pair']}"
+        data, keep, _ = cleaned[name]
+        keep, sizes_info[name] = draw(keep, sizes.get(name), spec.seed, name, repeat=repeat)
+        info["used" if info["kind"] == "instructions" else "used_pairs"] = len(keep)
+        if info["kind"] == "instructions":
+            lang = info["lang"]
+            for i in keep:
+                add(name, i, name, data.instruction[i].strip(), data.input[i].strip(), data.output[i].strip(), lang, "")
+            continue
+        src, tgt = info["pair"].split("-")
+        for a, b in _directions(spec, src, tgt):
             lang = b if a == "en" else a if b == "en" else b  # the non-English side (the target if neither)
             sentences_a = data.source if a == src else data.target
             sentences_b = data.target if a == src else data.source
             for i in keep:
                 text = sentences_a[i].strip()
                 instruction = translation_instruction(a, b, key=text)
-                add(name, TRANSLATION, instruction, text, sentences_b[i].strip(), lang, f"{a}-{b}")
-        bar.update()
+                add(name, (i, a), TRANSLATION, instruction, text, sentences_b[i].strip(), lang, f"{a}-{b}")
 
     # Across sources: the same (instruction, input, output) twice is one example twice.
     bar.set_postfix_str("shuffle + dataset")
+    # A repeat of the same record (up-sampling) is kept.
     if spec.dedup:
-        seen, order = set(), []
+        first, order = {}, []
         for i, key in enumerate(zip(columns["instruction"], columns["input"], columns["output"])):
-            if key in seen:
-                removed_by_source[row_source[i]]["duplicates"] += 1
+            if first.setdefault(key, row_source[i]) != row_source[i]:
+                removed_by_source[row_source[i][0]]["duplicates"] += 1
                 continue
-            seen.add(key)
             order.append(i)
     else:
         order = list(range(len(columns["output"])))
@@ -598,8 +614,7 @@ def build_mix(spec: MixSpec, progress: bool = True):
                    for (s, lang, d), c in sorted(groups.items())],
         "removed": _sum_removed(removed_by_source),
         "removed_by_source": removed_by_source,
-        "contamination_by_guard": dict(cleaner.by_guard),
-        "contamination_samples": cleaner.samples,
+        **guard_manifest(cleaner.report),
         "sizes": sizes_info,
         "seed": spec.seed,
         "content_hash": digest,
@@ -608,6 +623,7 @@ def build_mix(spec: MixSpec, progress: bool = True):
         "unused_sources": unused,
         "sources": sources_info,
         "guard": [g.provenance for g in guard_sets],
+        "language_check": checker.results,
         "xllama_version": __version__,
         "build_seconds": round(time.perf_counter() - started, 2),
     }
@@ -691,17 +707,24 @@ def load_mix(path: str | os.PathLike):
 
 
 def mix_stats(dataset) -> dict:
-    """Token-free length statistics per source: characters and whitespace words of prompt (instruction +
-    input) and output."""
+    """Token-free length statistics per source: characters of prompt (instruction + input) and output, and the
+    output's words (characters for unsegmented scripts such as Chinese: ``xllama.languages.length_units``)."""
     import numpy as np
+
+    from xllama.languages import length_units
 
     columns = dataset.to_dict()
     by_source: dict[str, dict[str, list[int]]] = {}
-    for source, ins, inp, out in zip(columns["source"], columns["instruction"], columns["input"], columns["output"]):
+    n = len(columns["output"])
+    langs = columns.get("lang") or [None] * n
+    directions = columns.get("direction") or [None] * n
+    for source, ins, inp, out, lang, direction in zip(columns["source"], columns["instruction"], columns["input"],
+                                                      columns["output"], langs, directions):
         entry = by_source.setdefault(source, {"prompt_chars": [], "output_chars": [], "output_words": []})
         entry["prompt_chars"].append(len(ins) + len(inp))
         entry["output_chars"].append(len(out))
-        entry["output_words"].append(len(out.split()))
+        output_lang = direction.rsplit("-", 1)[-1] if direction else lang  # a pair's output is its target side
+        entry["output_words"].append(length_units(out, output_lang))
     stats = {}
     for source, lengths in sorted(by_source.items()):
         stats[source] = {"examples": len(lengths["output_chars"])}

@@ -1,4 +1,12 @@
-"""The sample dataset shipped with the package, so that the quickstart runs offline with no other data.
+"""Sampling: the one seeded sub-sampler, language weights and temperature, and the shipped sample dataset.
+
+``draw`` takes a sub-sample of a source, nested (with the same seed and source name a 5K sample lies inside the
+10K sample) and, when more is wanted than there is, repeats the source (``repeat``) or stops short; it reports
+how many records were available, drawn, repeated and dropped. ``language_shares`` gives each language its share
+of a budget: fixed weights, or temperature sampling p_l ~ n_l^(1/T) (the mT5 convention: T = 1 keeps the natural
+proportions, larger T flattens them toward uniform). ``allocate`` splits a total by shares exactly.
+
+The sample dataset shipped with the package, so that the quickstart runs offline with no other data.
 
 Written for xllama (not taken from Alpaca or any corpus): 60 instructions with answers in English, with
 Chinese and German versions; 80 English sentences with Chinese and German translations; and a tiny
@@ -11,10 +19,70 @@ It is far too small to teach a model a language: it exists to check that the pip
 
 from __future__ import annotations
 
+import logging
+import math
+import random
 from pathlib import Path
 
 from xllama.errors import XllamaError
 from xllama.languages import parse_languages
+
+log = logging.getLogger(__name__)
+
+
+def draw(indices: list[int], size: int | float | None, seed: int, name: str, repeat: bool = False):
+    """A seeded, nested sub-sample of ``indices`` -> (chosen indices in order, accounting).
+
+    ``size`` is a count, a fraction of what is available, or None (all). More than available: with ``repeat``
+    every record is used ``size // available`` times and a nested sample makes up the rest; without, all are used
+    once and the shortfall is logged. The accounting: requested, wanted, available, drawn (records in the output,
+    repeats included), repeated (drawn beyond the first copy), dropped (available but not drawn).
+    """
+    available = len(indices)
+    want = available if size is None else round(size * available) if isinstance(size, float) else size
+    if want == available:
+        chosen = list(indices)
+    elif want < available:
+        order = list(indices)
+        random.Random(f"{seed}:{name}").shuffle(order)
+        chosen = sorted(order[:want])
+    elif repeat and available:
+        order = list(indices)
+        random.Random(f"{seed}:{name}").shuffle(order)
+        copies, rest = divmod(want, available)
+        chosen = sorted(list(indices) * copies + order[:rest])
+    else:
+        if want > available:
+            log.warning("%s: %d examples requested but only %d available after cleaning; using %d",
+                        name, want, available, available)
+        chosen = list(indices)
+    distinct = min(len(chosen), available)
+    return chosen, {"requested": size, "wanted": want, "available": available, "drawn": len(chosen),
+                    "used": len(chosen), "repeated": len(chosen) - distinct, "dropped": available - distinct}
+
+
+def language_shares(sizes: dict[str, float], temperature: float = 1.0,
+                    weights: dict[str, float] | None = None) -> dict[str, float]:
+    """Shares proportional to ``weights[l]`` (fixed weights) or else to ``sizes[l] ** (1 / temperature)``."""
+    if weights is not None:
+        raw = {lang: float(weights[lang]) for lang in sizes}
+    else:
+        raw = {lang: float(n) ** (1.0 / temperature) for lang, n in sizes.items()}
+    total = sum(raw.values())
+    if total <= 0:
+        raise XllamaError(f"cannot share out a budget over {', '.join(sizes)}: every size or weight is 0")
+    return {lang: w / total for lang, w in raw.items()}
+
+
+def allocate(shares: dict[str, float], total: int) -> dict[str, int]:
+    """Split ``total`` by ``shares`` (largest remainder, ties in order, so the counts add up exactly)."""
+    exact = {key: share * total for key, share in shares.items()}
+    counts = {key: int(math.floor(x)) for key, x in exact.items()}
+    left = total - sum(counts.values())
+    for key in sorted(exact, key=lambda k: (-(exact[k] - counts[k]), list(shares).index(k)))[:left]:
+        counts[key] += 1
+    return counts
+
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_LANGUAGES = ("zh", "de")

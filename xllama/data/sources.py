@@ -463,14 +463,14 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def load_parallel(location: str, src: str, tgt: str, cache: dict | None = None) -> ParallelData:
+def load_parallel(location: str, src: str, tgt: str, cache: dict | None = None, split: str = "train") -> ParallelData:
     """Sentence pairs src->tgt from Moses files (folder, prefix or one of the files), TSV, JSON/JSONL/parquet
-    ``{"translation": {src, tgt}}`` records (one file or a folder of parts), or a Hub corpus."""
+    ``{"translation": {src, tgt}}`` records (one file or a folder of parts), or a Hub corpus (its ``split``)."""
     src, tgt = get_language(src).code, get_language(tgt).code
     data = ParallelData(src, tgt)
     hub = parse_location(location)
     if hub:
-        _load_hub_parallel(hub[0], hub[1], data)
+        _load_hub_parallel(hub[0], hub[1], data, split)
         data.provenance["location"] = location
     else:
         path = Path(location).expanduser()
@@ -505,11 +505,11 @@ def default_hub_config(repo: str, src: str, tgt: str) -> str:
     return "-".join(sorted((src, tgt)))
 
 
-def _load_hub_parallel(repo: str, config: str | None, data: ParallelData) -> None:
+def _load_hub_parallel(repo: str, config: str | None, data: ParallelData, split: str = "train") -> None:
     src, tgt = data.src, data.tgt
     config = config or default_hub_config(repo, src, tgt)
-    ds = load_hub_dataset(repo, config, "train")
-    where = f"hf:{repo}:{config}"
+    ds = load_hub_dataset(repo, config, split)
+    where = f"hf:{repo}:{config}" + ("" if split == "train" else f" ({split})")
     schema = _pair_schema(ds.column_names, src, tgt, where)
     if schema == "translation":
         pairs = ds["translation"]
@@ -527,7 +527,81 @@ def _load_hub_parallel(repo: str, config: str | None, data: ParallelData) -> Non
     data.source = ["" if s is None else str(s) for s in data.source]
     data.target = ["" if s is None else str(s) for s in data.target]
     data.origin = [f"{where}:row {n}" for n in range(1, len(ds) + 1)]
-    data.provenance = _hub_info(repo, config, "train", len(ds), fingerprint=getattr(ds, "_fingerprint", None))
+    data.provenance = _hub_info(repo, config, split, len(ds), fingerprint=getattr(ds, "_fingerprint", None))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Monolingual documents (ALMA stage 1)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def iter_lines(path: Path):
+    """The lines of a text file (.gz allowed), streamed, without their line ends."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            yield line.rstrip("\n").rstrip("\r")
+
+
+def load_documents(location: str, lang: str, text_field: str = "text", max_documents: int | None = None,
+                   max_chars: int | None = None) -> tuple[list[str], dict]:
+    """Documents of one location -> (non-empty documents, provenance). Local files: plain text (one document per
+    line, .gz allowed), JSON/JSONL/parquet records with ``text_field``, or a folder of such files. ``hf:``
+    locations (``hf:owner/name[:config]`` or ``hf:owner/name/GLOB``) are streamed; reading stops at
+    ``max_documents`` or once ``max_chars`` characters are read."""
+    import math
+
+    limit = max_documents or math.inf
+    char_limit = max_chars or math.inf
+    docs: list[str] = []
+    chars = 0
+
+    def take(text, where: str) -> bool:
+        nonlocal chars
+        if text is None:
+            return len(docs) < limit
+        if not isinstance(text, str):
+            raise XllamaError(f"{where}: field {text_field!r} should be a string, got {type(text).__name__}")
+        text = text.strip()
+        if text:
+            docs.append(text)
+            chars += len(text)
+        return len(docs) < limit and chars < char_limit
+
+    def records(items, where):
+        for label, record in items:
+            if text_field not in record:
+                raise XllamaError(f"{where}: {label} has no field {text_field!r} (fields: {sorted(record)}); "
+                                  "set data.text_field")
+            if not take(record[text_field], f"{where}: {label}"):
+                return False
+        return True
+
+    if location.startswith("hf:"):
+        from xllama.data.hub import stream_hub
+
+        stream, provenance = stream_hub(location)
+        records(((f"row {n}", r) for n, r in enumerate(stream, 1)), location)
+        provenance.update(documents=len(docs), chars=chars)
+        return docs, provenance
+
+    path = Path(location).expanduser()
+    if not path.exists():
+        raise XllamaError(f"monolingual {lang} text not found: {location}")
+    files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key) \
+        if path.is_dir() else [path]
+    if not files:
+        raise XllamaError(f"no files in monolingual {lang} folder {path}")
+    used = []
+    for f in files:
+        used.append(file_info(f))
+        if _suffix(f) in INSTRUCTION_SUFFIXES:
+            more = records(read_records(f)[0], str(f))
+        else:
+            more = all(take(line, str(f)) for line in iter_lines(f))
+        if not more:
+            break
+    return docs, {"location": location, "files": used, "documents": len(docs), "chars": chars}
 
 
 # ----------------------------------------------------------------------------------------------------------
