@@ -118,9 +118,9 @@ SMOKE = {
 
 @pytest.mark.slow
 def test_small_study_end_to_end_with_interruption(tmp_path, shared, capsys):
-    study = dict(SMOKE, shared=str(shared))
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     model = _tiny_model(tmp_path / "tiny", shared)
+    study = dict(SMOKE, shared=str(shared), model=str(model))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
     work, results = tmp_path / "work", tmp_path / "study" / "results"
     cli = ["--study", str(tmp_path / "study.yaml"), "--work", str(work), "--results", str(results)]
 
@@ -163,3 +163,124 @@ def test_small_study_end_to_end_with_interruption(tmp_path, shared, capsys):
     text = (results.parent / "RESULTS.md").read_text()
     assert "## Claims and verdicts" in text and "| x-zh |" in text
     assert "xllama scaling allocate" in json.loads((results / "scaling" / "commands.json").read_text())[1]
+
+
+window = _module("window")
+
+
+def test_priority_one_units_and_the_token_budget(tmp_path):
+    study = driver.load_study(STUDY_DIR / "study.yaml")
+    units = {u.name: u for u in driver.units(study, only_langs=["en", "zh"])}
+    assert units["base"].pairs == ["en-zh", "zh-en"] and units["base"].qa == ["en", "zh"]
+    assert units["base"].token_budget is None  # untrained
+    assert units["alpaca"].token_budget == units["x-zh"].token_budget == study["token_budget"]
+    assert units["scale-de-500"].pairs == ["en-de"]  # the language filter is for the main models only
+    full = {u.name: u for u in driver.units(study)}
+    assert len(full["alpaca"].pairs) == 2 * len(study["evaluation"]["translation_languages"])
+    bad = yaml.safe_load((STUDY_DIR / "study.yaml").read_text())
+    bad["token_budget"] = "2M"
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(driver.StudyError, match="token_budget"):
+        driver.load_study(tmp_path / "study.yaml")
+
+
+def test_a_later_run_adds_evaluations_to_a_finished_unit(tmp_path):
+    """A unit evaluated on en/zh lacks de once the study asks for it; the second run's results merge in."""
+    study = driver.load_study(STUDY_DIR / "study.yaml")
+    driver.use_folders(tmp_path / "work", tmp_path / "results")
+    base = {u.name: u for u in driver.units(study, only_langs=["en", "zh"])}["base"]
+    old = tmp_path / "results" / "base"
+    old.mkdir(parents=True)
+    results = {"scores": {"en-zh": {"bleu": 1.0}, "zh-en": {"bleu": 2.0}}, "signatures": {},
+               "extra": {"outputs": {"en-zh": "translation_x/en-zh.txt", "zh-en": "translation_x/zh-en.txt"}}}
+    (old / "results_translation_x.json").write_text(json.dumps(results))
+    (old / "results_qa_x.json").write_text(json.dumps({"scores": {"en": {}, "zh": {}}}))
+    (old / "unit.json").write_text(json.dumps({"name": "base", "status": "ok", "phases": [{"name": "qa"}]}))
+    assert not driver.is_complete(base) and driver.missing(base, old)["align"] == base.align
+    (old / "align").mkdir()
+    (old / "align" / "alignment.json").write_text("{}")
+    assert driver.is_complete(base)
+    full = {u.name: u for u in driver.units(study)}["base"]
+    lacking = driver.missing(full, old)
+    assert lacking["pairs"] == ["en-de", "de-en", "en-ru", "ru-en", "en-vi", "vi-en"] and "de" in lacking["qa"]
+    assert [u.name for u in driver.pending(study, None, ["base"], False)] == ["base"]
+
+    work = tmp_path / "work" / "work" / "base"
+    (work / "eval" / "translation_x").mkdir(parents=True)
+    (work / "eval" / "translation_x" / "en-de.txt").write_text("x\n")
+    added = {"scores": {"en-de": {"bleu": 3.0}}, "signatures": {},
+             "extra": {"outputs": {"en-de": "translation_x/en-de.txt"}}}
+    (work / "eval" / "results_translation_x.json").write_text(json.dumps(added))
+    driver.finish_unit(full, work, {"name": "base", "status": "ok", "phases": [{"name": "translation"}]}, old)
+    merged = tmp_path / "work" / "results" / "base"
+    scores = json.loads((merged / "results_translation_x.json").read_text())
+    assert set(scores["scores"]) == {"en-zh", "zh-en", "en-de"} and len(scores["extra"]["outputs"]) == 3
+    record = json.loads((merged / "unit.json").read_text())
+    assert record["runs"] == 2 and [p["name"] for p in record["phases"]] == ["qa", "translation"]
+    assert driver.missing(full, merged)["pairs"] == ["de-en", "en-ru", "ru-en", "en-vi", "vi-en"]
+
+
+def test_window_plans_fit_the_device_limits():
+    for number in (1, 2):
+        calls = window.plan(number)
+        assert window.check_plan(calls, sizes=False) == []
+        assert calls[0]["carry"] == [".device-model/a", ".repro/carry", ".whl"]
+        assert all(c["timeout_s"] <= 600 for c in calls)
+    p1 = window.plan(1)[1]["command"]
+    assert "--only base,alpaca,x-zh" in p1 and "--langs en,zh" in p1 and "--bench generation" in p1
+    assert "--bench training" in window.plan(1)[2]["command"]
+
+
+@pytest.mark.slow
+def test_window_one_rehearsed_on_cpu(tmp_path, shared, monkeypatch, capsys):
+    """Window 1 as the GPU machine runs it (window.py stage, then run with lanes and both benchmarks), with a tiny
+    model and tiny sizes; then collect, score and report here."""
+    model = _tiny_model(tmp_path / "tiny", shared)
+    study = dict(SMOKE, shared=str(shared), model=str(model), token_budget=6000,
+                 train_overrides=[o for o in SMOKE["train_overrides"] if not o.startswith("train.max_steps")],
+                 models={"base": {}, "alpaca": {"instructions": ["en"]},
+                         "x-zh": {"instructions": ["en", "zh"], "pairs": ["zh"]}},
+                 evaluation=dict(SMOKE["evaluation"], translation_languages=["zh", "de"], qa_languages=["en", "zh"]),
+                 alignment=dict(SMOKE["alignment"], models=[]))  # alignment: the test above
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    work, results = tmp_path / "work", tmp_path / "study" / "results"
+    cli = ["--study", str(tmp_path / "study.yaml"), "--work", str(work), "--results", str(results)]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert driver.main([*cli, "prepare"]) == 0
+    assert (work / "pool" / "tokenizer" / "tokenizer.json").is_file()
+
+    out1, out2 = tmp_path / "out1", tmp_path / "out2"
+    assert window.main([*cli, "stage", "--out", str(out1)]) == 0
+    assert json.loads((out1 / "window.json").read_text())["steps"][0]["step"] == "stage"
+    assert window.main([*cli, "run", "--out", str(out2), "--model", str(model), "--only", "base,alpaca,x-zh",
+                        "--langs", "en,zh", "--lanes", "3", "--budget-s", "1800", "--call-limit-s", "3000",
+                        "--bench", "generation,training", "--gen-limit", "4", "--gen-max-new-tokens", "8",
+                        "--train-bench-args", "--steps 1 --warmup-steps 1"]) == 0
+    assert {"results.tar.gz", "bench.tar.gz", "logs.tar.gz", "window.json", "window.log"} <= {
+        p.name for p in out2.iterdir()}
+    steps = {s["step"]: s for s in json.loads((out2 / "window.json").read_text())["steps"]}
+    assert steps["study"]["exit"] == 0 and steps["bench generation"]["exit"] == 0
+    assert steps["bench training"]["exit"] == 0
+
+    budgets = {}
+    for name in ("alpaca", "x-zh"):
+        record = json.loads((work / "results" / name / "unit.json").read_text())
+        assert record["status"] == "ok", record.get("error")
+        assert [p["name"] for p in record["phases"]][:3] == ["mix", "tokens", "train"]
+        assert f"--set train.epochs={record['budget']['epochs']}" in record["phases"][2]["command"]
+        trained = [json.loads(line) for line in (work / "results" / name / "train" / "metrics.jsonl").open()]
+        budgets[name] = sum(r["tokens"] for r in trained)
+    # the same token budget: within one optimiser step of it (a step is 8 examples here)
+    assert all(abs(t - 6000) < 8 * 512 for t in budgets.values()), budgets
+
+    assert window.main([*cli, "collect", str(out2), "--bench-results", str(tmp_path / "bench")]) == 0
+    assert (tmp_path / "bench" / "generation" / "results" / "bench_cpu.json").is_file()
+    assert (tmp_path / "bench" / "training" / "results" / "train_cpu.json").is_file()
+    assert {p.name for p in results.iterdir()} == {"base", "alpaca", "x-zh"}
+    capsys.readouterr()
+    assert driver.main([*cli, "status"]) == 0
+    assert "lacks en-de, de-en" in capsys.readouterr().out  # the other languages come in a later window
+    assert driver.main([*cli, "score"]) == 0
+    assert driver.main([*cli, "report"]) == 0
+    text = (results.parent / "RESULTS.md").read_text()
+    assert "| x-zh |" in text and "x-zh vs alpaca: en-zh BLEU" in text

@@ -105,6 +105,9 @@ def load_study(path: Path) -> dict:
     for size in study["scaling"]["sizes"]:
         if size != "all" and (not isinstance(size, int) or size < 1):
             raise StudyError(f"{path}: scaling.sizes: expected positive integers or 'all', got {size!r}")
+    budget = study.get("token_budget")
+    if budget is not None and (not isinstance(budget, int) or budget < 1):
+        raise StudyError(f"{path}: token_budget: expected a positive number of tokens, got {budget!r}")
     return study
 
 
@@ -121,6 +124,7 @@ class Unit:
     questions: int = 0
     align: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    token_budget: int | None = None  # train on this many tokens (epochs = budget / the mix's tokens per epoch)
 
 
 def _rel(path: Path) -> str:
@@ -157,21 +161,25 @@ def _mix(instructions: list[str], pairs: list[str], study: dict, sizes: dict | N
     return spec
 
 
-def units(study: dict, allocation: dict | None = None) -> list[Unit]:
-    """Every unit in run order: main models, scaling points, then the two allocations (once the fit exists)."""
+def units(study: dict, allocation: dict | None = None, only_langs: list[str] | None = None) -> list[Unit]:
+    """Every unit in run order: main models, scaling points, then the two allocations (once the fit exists).
+    ``only_langs`` limits the main models' evaluation to these languages for now (a later run adds the rest)."""
     ev, sc, al = study["evaluation"], study["scaling"], study["alignment"]
     per_lang = study["instructions_per_language"]
-    pairs = [p for lang in ev["translation_languages"] for p in (f"en-{lang}", f"{lang}-en")]
     out = []
     for name, spec in study["models"].items():
         spec = spec or {}
         instructions, langs = spec.get("instructions", []), spec.get("pairs", [])
+        translation = [x for x in ev["translation_languages"] if not only_langs or x in only_langs]
+        qa = [x for x in ev["qa_languages"] if not only_langs or x in only_langs]
+        pairs = [p for lang in translation for p in (f"en-{lang}", f"{lang}-en")]
         mix = None
         if instructions or langs:
             mix = _mix(instructions, langs, study, sizes={f"alpaca_{lang}": per_lang for lang in instructions})
-        out.append(Unit(name, "main", mix, pairs, ev["translation_lines"], ev["qa_languages"], ev["qa_questions"],
+        out.append(Unit(name, "main", mix, pairs, ev["translation_lines"], qa, ev["qa_questions"],
                         list(al["pairs"]) if name in al["models"] else [], {"instructions": instructions,
-                                                                             "pairs": langs}))
+                                                                             "pairs": langs},
+                        study.get("token_budget") if mix is not None else None))
     for lang in sc["languages"]:
         for size in sc["sizes"]:
             mix = _mix(["en"], [lang], study, sizes={"alpaca_en": sc["instructions_en"]},
@@ -231,6 +239,9 @@ def prepare(study: dict, wheels: bool) -> None:
     pools = study["pools"]
     if not shared.is_dir():
         raise StudyError(f"shared data folder {shared} not found (study key 'shared')")
+    model = (REPO / study["model"]).resolve()
+    if not model.exists():
+        raise StudyError(f"base model {model} not found (study key 'model')")
 
     def build(tmp: Path) -> None:
         made = {"seed": pools["seed"], "shared": str(shared), "files": {}}
@@ -264,6 +275,11 @@ def prepare(study: dict, wheels: bool) -> None:
             made["files"][f"xquad/xquad.{lang}.json"] = {"from": f"data/eval/xquad/xquad.{lang}.json"}
         for rel, info in made["files"].items():
             info["sha256"] = hashlib.sha256((tmp / rel).read_bytes()).hexdigest()
+        # The base model's tokenizer (1 MiB packed): the training benchmark runs on it before the model arrives.
+        from xllama.modeling import load_tokenizer
+
+        load_tokenizer(str(model)).save_pretrained(tmp / "tokenizer", legacy_format=False)  # tokenizer.json only
+        made["tokenizer"] = {"from": study["model"]}
         (tmp / "pools.json").write_text(json.dumps(made, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     with atomic_directory(POOL, overwrite=True) as tmp:
@@ -302,22 +318,27 @@ class Runner:
             [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]), PYTHONUNBUFFERED="1",
             TOKENIZERS_PARALLELISM="false")
 
-    # Each phase: (name, command, done?, uses the GPU?)
-    def phases(self, unit: Unit, work: Path, base: str) -> list[tuple[str, list[str], bool, bool]]:
+    # Each phase: (name, command, done?, uses the GPU?); a generator, so that a phase's command can depend on
+    # what the phases before it wrote (the token budget's epochs).
+    def phases(self, unit: Unit, work: Path, base: str):
         study = self.study
         model = base if unit.mix is None else _rel(work / "run" / "final")
-        phases = []
         if unit.mix is not None:
-            phases.append(("mix", ["data", "build", "--spec", _rel(work / "mix.yaml"), "--out", _rel(work / "mix"),
-                                   "--quiet"], (work / "mix" / "manifest.json").is_file(), False))
-            train = ["train", "--recipe", study["recipe"], "--model", base, "--data", _rel(work / "mix"),
-                     "--out", _rel(work / "run")]
+            yield ("mix", ["data", "build", "--spec", _rel(work / "mix.yaml"), "--out", _rel(work / "mix"),
+                           "--quiet"], (work / "mix" / "manifest.json").is_file(), False)
+            train = ["train", "--recipe", study["recipe"], "--model", base, "--data", _rel(work / "mix")]
             for override in study.get("train_overrides") or []:
                 train += ["--set", override]
+            if unit.token_budget:  # tokenise once (`--dry-run`), then train for budget / tokens-per-epoch epochs
+                yield ("tokens", [*train, "--out", _rel(work / "dry"), "--dry-run"],
+                       (work / "budget.json").is_file(), False)
+                train += ["--set", f"train.epochs={token_budget(unit, work)['epochs']}"]
+            train += ["--out", _rel(work / "run")]
             if (work / "run" / "config.yaml").is_file():
                 train.append("--resume")
-            phases.append(("train", train, (work / "run" / "final" / "config.json").is_file(), True))
+            yield ("train", train, (work / "run" / "final" / "config.json").is_file(), True)
         ev = study["evaluation"]
+        phases = []
         flores = _rel(POOL / "flores101")
         phases.append(("translation", [
             "eval", "translation", "--model", model, "--data", flores, "--pairs", ",".join(unit.pairs),
@@ -334,7 +355,7 @@ class Runner:
                 "align", "--model", model, "--label", unit.name, "--pairs", ",".join(unit.align),
                 "--data", flores, "--limit", str(study["alignment"]["lines"]), "--out", _rel(work / "align")],
                 (work / "align" / "alignment.json").is_file(), True))
-        return phases
+        yield from phases
 
     def call(self, argv: list[str], log: Path) -> tuple[int, float]:
         """One xllama command in its own process group; at the deadline it gets SIGTERM (training checkpoints)."""
@@ -359,7 +380,12 @@ class Runner:
                 raise BudgetSpent(f"time budget spent during `xllama {argv[0]} {argv[1]}`") from None
         return rc, time.monotonic() - began
 
-    def run_unit(self, unit: Unit, base: str) -> dict:
+    def run_unit(self, unit: Unit, base: str, previous: Path | None = None) -> dict:
+        """Run the unit's phases; with ``previous`` (its result folder, lacking some evaluations the study now
+        asks for), only what is missing, and the results are merged into that folder."""
+        if previous is not None:
+            lacking = missing(unit, previous)
+            unit = Unit(**{**unit.__dict__, "pairs": lacking["pairs"], "qa": lacking["qa"], "align": lacking["align"]})
         work = WORK / "work" / unit.name
         work.mkdir(parents=True, exist_ok=True)
         if unit.mix is not None:
@@ -368,6 +394,8 @@ class Runner:
         timing_file = work / "timing.json"
         timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
         record = {"name": unit.name, "kind": unit.kind, "info": unit.info, "status": "ok", "phases": []}
+        if unit.token_budget:
+            record["info"] = {**unit.info, "token_budget": unit.token_budget}
         for name, argv, done, gpu in self.phases(unit, work, base):
             if not done:
                 self.say(f"  {unit.name}: {name} ...")
@@ -384,13 +412,39 @@ class Runner:
                 self.say(f"  {unit.name}: {name} done in {wall:.0f} s")
             record["phases"].append({"name": name, "command": _command(argv),
                                      "wall_s": round(timing.get(name, 0.0), 1), "gpu": gpu})
+        if (work / "budget.json").is_file():
+            record["budget"] = json.loads((work / "budget.json").read_text(encoding="utf-8"))
         record["environment"] = environment()
-        finish_unit(unit, work, record)
+        finish_unit(unit, work, record, previous)
         return record
 
     def say(self, text: str) -> None:
         if not self.quiet:
             print(text, flush=True)
+
+
+def token_budget(unit: Unit, work: Path) -> dict:
+    """Epochs that give ``unit.token_budget`` training tokens on this unit's mix, from its `--dry-run`
+    tokenisation (work/dry); the tokenised data then moves into the run folder, so training does not redo it."""
+    path = work / "budget.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    from datasets import load_from_disk
+
+    tokenized = load_from_disk(str(work / "dry" / "tokenized"))
+    tokens = sum(len(ids) for ids in tokenized["input_ids"])
+    budget = {"token_budget": unit.token_budget, "examples": len(tokenized), "tokens_per_epoch": tokens,
+              "target_tokens_per_epoch": sum(len(ids) - p for ids, p in zip(tokenized["input_ids"],
+                                                                             tokenized["prompt_length"])),
+              "epochs": round(unit.token_budget / tokens, 4)}
+    if not (work / "run" / "config.yaml").is_file():
+        (work / "run").mkdir(parents=True, exist_ok=True)
+        for name in ("data", "tokenizer", "tokenized", "store"):  # xllama's run-folder layout (prepare_data skips
+            # what exists: the training run starts from this tokenisation instead of redoing it)
+            if (work / "dry" / name).is_dir() and not (work / "run" / name).exists():
+                shutil.move(str(work / "dry" / name), work / "run" / name)
+    atomic_write_json(path, budget)
+    return budget
 
 
 def _command(argv: list[str]) -> str:
@@ -416,10 +470,41 @@ def environment() -> dict:
     return info
 
 
-def finish_unit(unit: Unit, work: Path, record: dict) -> None:
-    """Copy what the unit produced (small files only) into .repro/results/<unit>, unit.json last."""
+def missing(unit: Unit, folder: Path) -> dict:
+    """What a finished unit's result folder lacks of what the study asks of it (added by a later run)."""
+    scored = translation_scores(folder)
+    qa = {}
+    for path in folder.glob("results_qa_*.json"):
+        qa.update(json.loads(path.read_text(encoding="utf-8"))["scores"])
+    return {"pairs": [p for p in unit.pairs if p not in scored], "qa": [lang for lang in unit.qa if lang not in qa],
+            "align": [] if (folder / "align" / "alignment.json").is_file() else unit.align}
+
+
+def is_complete(unit: Unit) -> bool:
+    record, folder = unit_record(unit.name), result_dir(unit.name)
+    return record is not None and record["status"] == "ok" and not any(missing(unit, folder).values())
+
+
+def _merge_results(old: Path, new: Path) -> dict:
+    """One evaluation results file from two runs of the same evaluation over different groups (new wins)."""
+    merged, added = json.loads(old.read_text(encoding="utf-8")), json.loads(new.read_text(encoding="utf-8"))
+    for key in ("scores", "signatures"):
+        merged[key] = {**merged.get(key, {}), **added.get(key, {})}
+    merged.setdefault("extra", {})["outputs"] = {**merged["extra"].get("outputs", {}),
+                                                 **added.get("extra", {}).get("outputs", {})}
+    return merged
+
+
+def finish_unit(unit: Unit, work: Path, record: dict, previous: Path | None = None) -> None:
+    """Copy what the unit produced (small files only) into .repro/results/<unit>, unit.json last; with
+    ``previous`` (the unit's earlier result folder), on top of a copy of it."""
 
     def build(tmp: Path) -> None:
+        if previous is not None:
+            shutil.copytree(previous, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unit.json"))
+            earlier = json.loads((previous / "unit.json").read_text(encoding="utf-8"))
+            record["phases"] = earlier["phases"] + record["phases"]
+            record["runs"] = earlier.get("runs", 1) + 1
         copies = [("mix.yaml", "mix.yaml"), ("mix/manifest.json", "manifest.json"),
                   ("run/config.yaml", "train/config.yaml"), ("run/summary.json", "train/summary.json"),
                   ("run/metrics.jsonl", "train/metrics.jsonl"), ("run/tokenized/stats.json", "train/tokenized.json"),
@@ -431,9 +516,12 @@ def finish_unit(unit: Unit, work: Path, record: dict) -> None:
         if (work / "eval").is_dir():
             for path in (work / "eval").iterdir():
                 if path.name.startswith("results_"):
-                    shutil.copy(path, tmp / path.name)
+                    if (tmp / path.name).is_file():
+                        atomic_write_json(tmp / path.name, _merge_results(tmp / path.name, path))
+                    else:
+                        shutil.copy(path, tmp / path.name)
                 elif path.is_dir() and path.name != "cache":
-                    shutil.copytree(path, tmp / path.name)
+                    shutil.copytree(path, tmp / path.name, dirs_exist_ok=True)
         (tmp / "unit.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     with atomic_directory(NEW_RESULTS / unit.name, overwrite=True) as tmp:
@@ -522,34 +610,56 @@ def fit_and_allocate(study: dict) -> dict | None:
     return json.loads((NEW_RESULTS / "scaling" / "allocation.json").read_text(encoding="utf-8"))
 
 
-def run(study: dict, model: str, budget_s: float, only: list[str] | None, retry_failed: bool,
-        bundle: str | None, quiet: bool = False) -> int:
-    began = time.monotonic()
+def unpack_pools() -> None:
     if not POOL.is_dir():
         packed = CARRY / "pool.tar.xz"
         if not packed.is_file():
             raise StudyError(f"no data pools: run `prepare` first (expected {_rel(POOL)} or {_rel(packed)})")
         with tarfile.open(packed) as tar:
             tar.extractall(WORK, filter="data")
+
+
+def pending(study: dict, allocation: dict | None, only: list[str] | None, retry_failed: bool,
+            langs: list[str] | None = None) -> list[Unit]:
+    """Units to run now: those not run yet (or failed, with ``retry_failed``) in study order, then finished ones
+    lacking evaluations the study now asks for (an earlier run was limited to some languages)."""
+    todo, partial = [], []
+    for unit in units(study, allocation, langs):
+        if only and unit.name not in only:
+            continue
+        record = unit_record(unit.name)
+        if record is not None and record["status"] != "ok" and not retry_failed:
+            continue
+        if record is not None and record["status"] == "ok" and is_complete(unit):
+            continue
+        if unit.kind == "allocation" and unit.mix is None:
+            continue  # waits for every scaling point
+        (partial if record is not None and record["status"] == "ok" else todo).append(unit)
+    return todo + partial
+
+
+def run(study: dict, model: str, budget_s: float, only: list[str] | None, retry_failed: bool,
+        bundle: str | None, quiet: bool = False, lanes: int = 1, cli: list[str] | None = None,
+        langs: list[str] | None = None) -> int:
+    began = time.monotonic()
+    unpack_pools()
+    if lanes > 1:
+        return run_lanes(study, model, budget_s, only, retry_failed, bundle, lanes, cli or [], langs)
     runner = Runner(study, model, budget_s, quiet)
     base = None
     status = "completed"
     try:
         for pass_ in range(2):  # the second pass picks up the allocation units once the scaling fit exists
             allocation = fit_and_allocate(study)
-            for unit in units(study, allocation):
-                if only and unit.name not in only:
-                    continue
-                record = unit_record(unit.name)
-                if record is not None and (record["status"] == "ok" or not retry_failed):
-                    continue
-                if unit.kind == "allocation" and unit.mix is None:
-                    continue  # waits for every scaling point
-                if record is not None:  # a failed unit being retried
+            for unit in pending(study, allocation, only, retry_failed, langs):
+                record, previous = unit_record(unit.name), None
+                if record is not None and record["status"] != "ok":  # a failed unit being retried
                     shutil.rmtree(result_dir(unit.name))
+                elif record is not None:  # finished, but the study now asks for more evaluations
+                    previous = result_dir(unit.name)
                 base = base or base_checkpoint(model)
                 runner.say(f"{unit.name} ({unit.kind})")
-                runner.run_unit(unit, base)
+                runner.run_unit(unit, base, previous)
             if pass_ == 0 and allocation is not None:
                 break
     except BudgetSpent as e:
@@ -557,6 +667,63 @@ def run(study: dict, model: str, budget_s: float, only: list[str] | None, retry_
     finally:
         if bundle:
             write_bundle(Path(bundle))
+    print(f"{status} after {time.monotonic() - began:.0f} s", flush=True)
+    print_status(study)
+    return 0
+
+
+def run_lanes(study: dict, model: str, budget_s: float, only: list[str] | None, retry_failed: bool,
+              bundle: str | None, lanes: int, cli: list[str], langs: list[str] | None = None) -> int:
+    """Pending units side by side in ``lanes`` processes sharing the one GPU (a 135M model leaves most of it
+    idle: the kernels are small and launch-bound). Each lane is this script's `run --only UNIT`, logged to
+    .repro/lanes/UNIT.log; the bundle is rewritten after every unit, so a call cut short keeps what finished."""
+    import threading
+
+    began = time.monotonic()
+    deadline = began + budget_s
+    base = base_checkpoint(model)  # de-quantised once, before the lanes start
+    lock = threading.Lock()
+    (WORK / "lanes").mkdir(parents=True, exist_ok=True)
+
+    def lane(queue: list[Unit]) -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                unit = queue.pop(0)
+            left = deadline - time.monotonic()
+            if left < MIN_PHASE_S:
+                print(f"  {unit.name}: not started ({left:.0f} s left)", flush=True)
+                continue
+            print(f"  {unit.name}: started ({left:.0f} s left)", flush=True)
+            tick = time.monotonic()
+            argv = [sys.executable, str(Path(__file__).resolve()), *cli, "run", "--model", base, "--only", unit.name,
+                    "--budget-s", f"{left:.0f}", *(["--retry-failed"] if retry_failed else []),
+                    *(["--langs", ",".join(langs)] if langs else [])]
+            with open(WORK / "lanes" / f"{unit.name}.log", "a", encoding="utf-8") as log:
+                rc = subprocess.run(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+            record = unit_record(unit.name)
+            state = "not finished" if record is None else record["status"]
+            print(f"  {unit.name}: {state} after {time.monotonic() - tick:.0f} s (exit {rc}; log "
+                  f"{_rel(WORK / 'lanes' / (unit.name + '.log'))})", flush=True)
+            if bundle:
+                with lock:
+                    write_bundle(Path(bundle))
+
+    for pass_ in range(2):  # the second pass picks up the allocation units once the scaling fit exists
+        allocation = fit_and_allocate(study)
+        queue = pending(study, allocation, only, retry_failed, langs)
+        threads = [threading.Thread(target=lane, args=(queue,)) for _ in range(min(lanes, len(queue)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if pass_ == 0 and (allocation is not None or fit_and_allocate(study) is None):
+            break  # a second pass only for the allocation units, once this pass completed the scaling points
+    if bundle:
+        write_bundle(Path(bundle))
+    left = [u.name for u in pending(study, fit_and_allocate(study), only, retry_failed, langs)]
+    status = f"stopped with {', '.join(left)} not finished; run again to continue" if left else "completed"
     print(f"{status} after {time.monotonic() - began:.0f} s", flush=True)
     print_status(study)
     return 0
@@ -591,7 +758,13 @@ def collect(bundles: list[str], force: bool) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         for entry in sorted(staging.iterdir()):
             target = RESULTS / entry.name
-            if target.exists() and not force:
+            if (target / "unit.json").is_file() and (entry / "unit.json").is_file():
+                runs = [json.loads((d / "unit.json").read_text(encoding="utf-8")).get("runs", 1)
+                        for d in (target, entry)]
+                force_this = runs[1] > runs[0]  # evaluations added on top of the collected unit
+            else:
+                force_this = False
+            if target.exists() and not (force or force_this):
                 print(f"kept {_rel(target)} (already collected; --force replaces it)")
                 continue
             shutil.rmtree(target, ignore_errors=True)
@@ -651,7 +824,10 @@ def print_status(study: dict) -> None:
             rows.append(f"  {unit.name:<22} {state}")
             continue
         wall = sum(p["wall_s"] for p in record["phases"])
-        rows.append(f"  {unit.name:<22} {record['status']:<7} {wall:7.0f} s  {result_dir(unit.name).parent.name}/")
+        lacking = missing(unit, result_dir(unit.name)) if record["status"] == "ok" else {}
+        lacking = ", ".join(x for v in lacking.values() for x in v)
+        rows.append(f"  {unit.name:<22} {record['status']:<7} {wall:7.0f} s  {result_dir(unit.name).parent.name}/"
+                    + (f"  lacks {lacking}" if lacking else ""))
     print("units:\n" + "\n".join(rows))
 
 
@@ -671,6 +847,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--retry-failed", action="store_true", help="run failed units again")
     r.add_argument("--bundle", help="write this machine's results here as a .tar.gz (e.g. $OUT/results.tar.gz)")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--langs", help="evaluate the main models on these languages only, this time (e.g. en,zh); "
+                                    "a later run without it adds the others (base: evaluation only; a tuned "
+                                    "model is trained again)")
+    r.add_argument("--lanes", type=int, default=1,
+                   help="run up to N units side by side on the one GPU, each in its own process (default 1)")
     c = sub.add_parser("collect", help="unpack result bundles into benchmarks/reproduction/results")
     c.add_argument("bundles", nargs="+")
     c.add_argument("--force", action="store_true", help="replace units already collected")
@@ -686,7 +867,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             model = args.model or str((REPO / study["model"]).resolve())
             only = args.only.split(",") if args.only else None
-            return run(study, model, args.budget_s, only, args.retry_failed, args.bundle, args.quiet)
+            cli = ["--study", args.study, "--work", args.work, "--results", args.results]
+            langs = args.langs.split(",") if args.langs else None
+            return run(study, model, args.budget_s, only, args.retry_failed, args.bundle, args.quiet, args.lanes, cli,
+                       langs)
         elif args.command == "collect":
             collect(args.bundles, args.force)
         elif args.command == "score":
