@@ -247,7 +247,8 @@ def test_quickstart_command_runs_end_to_end(tmp_path, capsys):
     """The README's first command, shortened to a few steps: sample mix -> BPE tokenizer -> tiny Llama -> model."""
     out = tmp_path / "qs"
     assert main(["train", "--recipe", "quickstart", "--lang", "zh", "--out", str(out), "--max-steps", "3"]) == 0
-    assert json.loads(capsys.readouterr().out)["status"] == "completed"
+    assert f"model:    {out / 'final'}" in capsys.readouterr().out  # the human summary; JSON in summary.json
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
     manifest = json.loads((out / "data/manifest.json").read_text())
     assert manifest["by_source"]["translation"] > 0 and manifest["by_source"]["alpaca_zh"] > 0
     assert (out / "final/model.safetensors").is_file() and (out / "final/tokenizer.json").is_file()
@@ -293,3 +294,271 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, records, tokeniz
     assert summary["status"] == "interrupted" and 0 < summary["steps"] < summary["total_steps"]
     assert (run / f"checkpoints/step-{summary['steps']}/trainer_state.json").is_file()
     assert not (run / "final").exists()
+
+
+# --- scale-out: FSDP2 plan, exact multi-process equivalence, whole-or-absent checkpoints (issue 12) ----------
+
+def torchrun(tmp_path, recipe: Recipe, run: Path, *extra: str, nproc: int = 2, env: dict | None = None):
+    """Train ``recipe`` into ``run`` on ``nproc`` CPU processes (gloo) through torchrun and tests/train_worker.py."""
+    import yaml
+
+    path = tmp_path / f"recipe-{run.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe.to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           str(Path(__file__).parent / "train_worker.py"), str(path), str(run), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def dropout_recipe(**train) -> Recipe:
+    """Dropout on; rows of 128 tokens and examples of 89-128 tokens: every row holds one example whatever the
+    world size, so a row's dropout mask (seeded by its content) is the same in a 1- and a 2-process run."""
+    recipe = tiny_recipe(**{"epochs": 1, "global_batch_size": 8, "micro_batch_tokens": 128, "max_length": 128,
+                            "learning_rate": 3e-3, **train})
+    recipe.model.init = dict(TINY, attention_dropout=0.2)
+    return recipe
+
+
+def final_weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "final/model.safetensors")
+
+
+def test_two_process_fsdp2_equals_one_process_with_dropout(tmp_path, records, tokenizer):
+    """FSDP2 over 2 gloo processes, 4 micro-batches per rank per step, dropout on = the 1-process run: same loss
+    curve (rel 1e-5) and final weights (atol 1e-4: Adam divides by the root of tiny second moments, which amplifies
+    the reduction-order differences of rarely seen embedding rows; a step moves weights by up to lr = 3e-3); the plan
+    reports per-layer units, fp32 masters and fp32 reduction."""
+    recipe = dropout_recipe()
+    one = seeded_run(tmp_path / "one", records[:32], tokenizer)
+    two = seeded_run(tmp_path / "two", records[:32], tokenizer)
+    train(recipe, one)
+    torchrun(tmp_path, recipe, two)
+    plan = json.loads((two / "plan.json").read_text())
+    assert plan["engine"] == "fsdp2" and plan["world_size"] == 2
+    assert plan["units"] == ["model.layers.0", "model.layers.1", "<root>"]
+    assert (plan["master_dtype"], plan["reduce_dtype"], plan["param_dtype"]) == ("float32", "float32", "float32")
+    metrics = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [m["micro_batches"] for m in metrics] == [4, 4, 4, 3]  # 30 examples: 8, 8, 8, 6
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    a, b = final_weights(one), final_weights(two)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-4)
+    # dropout is really on: the same run without it has another loss curve
+    off = seeded_run(tmp_path / "off", records[:32], tokenizer)
+    no_dropout = dropout_recipe()
+    no_dropout.model.init = dict(TINY, attention_dropout=0.0)
+    train(no_dropout, off)
+    assert losses(off)[0] != pytest.approx(losses(one)[0], rel=1e-4)
+
+
+def test_resumed_two_process_run_equals_uninterrupted_with_a_slow_rank(tmp_path, records, tokenizer):
+    """2 processes, interrupted at step 3 while rank 1 is 4 s late writing its checkpoint state, resumed: the
+    checkpoint holds every rank's state, and the run ends as the uninterrupted one (loss curve, data order,
+    weights). The uninterrupted reference runs in one process (equal to two: the test above)."""
+    recipe = dropout_recipe(epochs=1.5, save_every=0)  # 6 steps; the epoch boundary after step 4
+    full = seeded_run(tmp_path / "full", records[:32], tokenizer)
+    part = seeded_run(tmp_path / "part", records[:32], tokenizer)
+    train(recipe, full)
+    torchrun(tmp_path, recipe, part, "--stop-after", "3", env={"XLLAMA_TEST_SLOW_CHECKPOINT_RANK": "1:4"})
+    step3 = part / "checkpoints/step-3"
+    assert (step3 / "ranks/rank-0.json").is_file() and (step3 / "ranks/rank-1.json").is_file()
+    assert (step3 / "dcp/.metadata").is_file() and not list((part / "checkpoints").glob(".step-*"))
+    torchrun(tmp_path, recipe, part, "--resume")
+    ref = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in got] == list(range(1, 7))
+    assert [(m["examples"], m["tokens"], m["target_tokens"]) for m in got] == \
+        [(m["examples"], m["tokens"], m["target_tokens"]) for m in ref]
+    assert [m["loss"] for m in got] == pytest.approx([m["loss"] for m in ref], rel=1e-5)
+    a, b = final_weights(full), final_weights(part)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-4)
+
+
+def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
+    """transformers' cosine schedule with linear warm-up: the rate used by 0-based step ``step``."""
+    import math
+
+    if step < warmup:
+        return base * step / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def test_resume_lr_schedule_tensorboard_and_incomplete_checkpoints(tmp_path, records, tokenizer):
+    """One interrupted single-process run, resumed: logged rates follow the schedule's formula at the first, a
+    warm-up and the last step, also after the resume; tensorboard event files hold the same losses as
+    metrics.jsonl. A copy of the interrupted run shows that resume refuses a checkpoint lacking a rank's state
+    (naming the file), refuses changed settings other than max_steps, and applies --max-steps."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tiny_recipe(epochs=2, warmup_ratio=0.25, lr_scheduler="cosine", report_to=["tensorboard"])
+    run = seeded_run(tmp_path / "run", records[:24], tokenizer)  # 3 steps per epoch: 6 steps, warm-up 2
+    assert train(recipe, run, stop_after=3)["status"] == "interrupted"
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    assert train(recipe, run, resume=True)["status"] == "completed"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    base = recipe.train.learning_rate
+    for m in metrics:
+        assert m["lr"] == pytest.approx(cosine_lr(m["step"] - 1, base, 2, 6), abs=1e-12), m["step"]
+    assert metrics[0]["lr"] == 0.0 and metrics[1]["lr"] == pytest.approx(base / 2) and metrics[-1]["lr"] > 0
+
+    events = EventAccumulator(str(run / "logs" / run.name))
+    events.Reload()
+    scalars = events.Scalars("loss")
+    assert [e.step for e in scalars] == list(range(1, 7))
+    assert [e.value for e in scalars] == pytest.approx([m["loss"] for m in metrics], rel=1e-6)
+
+    state_file = copy / "checkpoints/step-3/ranks/rank-0.json"
+    state_file.rename(tmp_path / "rank-0.json")
+    with pytest.raises(XllamaError, match="rank-0.json"):
+        train(recipe, copy, resume=True)
+    (tmp_path / "rank-0.json").rename(state_file)
+    trainer_state = copy / "checkpoints/step-3/trainer_state.json"
+    saved = trainer_state.read_text()
+    trainer_state.write_text(json.dumps(dict(json.loads(saved), world_size=2)))
+    with pytest.raises(XllamaError, match="rank-1.json"):
+        train(recipe, copy, resume=True)
+    trainer_state.write_text(saved)
+    with pytest.raises(XllamaError, match=r"train.learning_rate \(the run has 0.003, given 0.1\)"):
+        train(recipe, copy, resume=True, overrides=["train.learning_rate=0.1"])
+    summary = train(recipe, copy, resume=True, overrides=["train.max_steps=4", "train.seed=42"])
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert "max_steps: 4" in (copy / "config.yaml").read_text()
+
+
+def test_keep_checkpoints_and_report_to_are_validated():
+    with pytest.raises(XllamaError, match="keep_checkpoints: must be >= 1"):
+        load_recipe("quickstart", ["train.keep_checkpoints=0"])
+    with pytest.raises(XllamaError, match="report_to: unknown tracker"):
+        load_recipe("quickstart", ["train.report_to=[tensorbored]"])
+    with pytest.raises(XllamaError, match="tensorboard"):  # the old key is gone, not silently accepted
+        load_recipe("quickstart", ["train.tensorboard=true"])
+
+
+def test_mixed_precision_policy_reduces_in_fp32_by_default():
+    from xllama.train.parallel import mixed_precision_policy
+
+    policy = mixed_precision_policy("bf16", "float32")
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert mixed_precision_policy("bf16", "bfloat16").reduce_dtype == torch.bfloat16
+    assert mixed_precision_policy("bf16", "float32", use_cpu=True).param_dtype == torch.float32
+    assert load_recipe("x-llama-7b", languages=["zh"]).train.reduce_dtype == "float32"
+
+
+def test_final_model_is_saved_in_the_base_model_dtype(tmp_path, records, tokenizer):
+    """A bf16 base model gives a bf16 final model (not the fp32 training weights); train.save_dtype overrides."""
+    from transformers import AutoModelForCausalLM
+
+    base = build_model_from_config(TINY, vocab_size=len(tokenizer), seed=0).to(torch.bfloat16)
+    base.save_pretrained(tmp_path / "base")
+    recipe = tiny_recipe(max_steps=1)
+    recipe.model.init, recipe.model.name_or_path = None, str(tmp_path / "base")
+    run = seeded_run(tmp_path / "run", records[:8], tokenizer)
+    train(recipe, run)
+    assert {v.dtype for v in final_weights(run).values()} == {torch.bfloat16}
+    assert AutoModelForCausalLM.from_pretrained(run / "final", dtype="auto").dtype == torch.bfloat16
+    recipe.train.save_dtype = "float32"
+    run = seeded_run(tmp_path / "run32", records[:8], tokenizer)
+    train(recipe, run)
+    assert {v.dtype for v in final_weights(run).values()} == {torch.float32}
+
+
+def test_epoch_permutation_is_made_once_per_epoch():
+    from xllama.train.packing import epoch_order, step_examples
+
+    epoch_order.cache_clear()
+    seen = [step_examples(s, 1000, 100, seed=3) for s in range(10)]  # one epoch: 10 steps
+    assert epoch_order.cache_info().misses == 1
+    assert sorted(np.concatenate(seen).tolist()) == list(range(1000))
+    step_examples(10, 1000, 100, seed=3)  # the next epoch: a new permutation
+    assert epoch_order.cache_info().misses == 2
+
+
+def test_store_offsets_past_2_to_the_31():
+    """Offsets are int64 throughout: a running total past 2**31 stays exact (int32 would wrap)."""
+    from xllama.train.store import fill_offsets, token_dtype
+
+    offsets = np.zeros(6, dtype=np.int64)  # lengths come as int32 (pyarrow's list lengths)
+    total = fill_offsets(offsets, 1, 2**31 - 10, np.array([5, 2**30, 2**30, 7], dtype=np.int32))
+    assert offsets.tolist() == [0, 0, 2**31 - 5, 2**31 - 5 + 2**30, 2**32 - 5, 2**32 + 2]
+    assert total == 2**32 + 2
+    assert fill_offsets(offsets, 5, total, np.zeros(0, np.int32)) == total
+    assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32 and token_dtype(152064) == np.uint32
+
+
+def test_store_reads_an_example_past_2_to_the_31_tokens(tmp_path):
+    """A memory-mapped store whose last example starts past token 2**31 (a sparse 4 GiB file: no disk used)."""
+    from xllama.train.packing import packed_row
+    from xllama.train.store import open_store
+
+    start, n = 2**31 + 3, 5
+    with open(tmp_path / "tokens.bin", "wb") as f:
+        f.seek(2 * start)
+        f.write(np.arange(10, 10 + n, dtype=np.uint16).tobytes())
+    np.save(tmp_path / "offsets.npy", np.array([0, start, start + n], dtype=np.int64))
+    np.save(tmp_path / "prompt_lengths.npy", np.array([0, 2], dtype=np.int32))
+    (tmp_path / "meta.json").write_text(json.dumps({"examples": 2, "tokens": start + n, "dtype": "uint16",
+                                                    "vocab_size": 100}))
+    store = open_store(tmp_path)
+    assert store.example(1).tolist() == [10, 11, 12, 13, 14]
+    assert int(store.lengths[0]) == start and int(store.target_counts[1]) == 3
+    assert packed_row(store, [1])["labels"].tolist() == [[-100, 12, 13, 14, -100]]
+
+
+def test_store_matches_the_tokenised_set_and_reports_incomplete_stores(tmp_path):
+    from datasets import Dataset
+
+    from xllama.train.store import open_store, write_store
+
+    rows = {"input_ids": [[1, 2, 3], [4], [5, 6, 70000]], "prompt_length": [1, 0, 2]}
+    meta = write_store(Dataset.from_dict(rows), tmp_path / "s", vocab_size=70001, batch_size=2, progress=False)
+    assert meta == {"examples": 3, "tokens": 7, "dtype": "uint32", "vocab_size": 70001}
+    store = open_store(tmp_path / "s")
+    assert [store.example(i).tolist() for i in range(3)] == rows["input_ids"]
+    assert store.prompt_lengths.tolist() == [1, 0, 2]
+    with pytest.raises(XllamaError, match="outside the vocabulary"):
+        write_store(Dataset.from_dict(rows), tmp_path / "t", vocab_size=1000, progress=False)
+    assert not (tmp_path / "t").exists()
+    (tmp_path / "s/offsets.npy").unlink()
+    with pytest.raises(XllamaError, match="offsets.npy missing"):
+        open_store(tmp_path / "s")
+
+
+def test_store_is_written_and_opened_in_bounded_memory(tmp_path):
+    """30M tokens (120 MiB as int32 in the tokenised set): writing the store and opening it stay well under the
+    data's size in anonymous memory (the benchmark benchmarks/training/bench_scale.py --store does 300M)."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks/training/bench_scale.py"
+    proc = subprocess.run([sys.executable, str(bench), "--store", "--tokens", "30000000", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    made, written, opened = (json.loads(line) for line in proc.stdout.strip().splitlines()[-3:])
+    assert written["tokens"] == opened["tokens"] == made["arrow_tokens"] >= 30_000_000
+    assert (tmp_path / "store/tokens.bin").stat().st_size == 2 * written["tokens"]  # uint16
+    data_mib = 4 * written["tokens"] / 2**20
+    assert written["anon_peak_mib"] - written["anon_start_mib"] < 0.4 * data_mib
+    assert opened["anon_peak_mib"] - opened["anon_start_mib"] < 0.4 * data_mib
+
+
+@pytest.mark.slow
+def test_two_process_bf16_reduction_is_what_the_plan_reports(tmp_path, records, tokenizer):
+    """train.reduce_dtype: bfloat16 on 2 gloo processes, tied embeddings: the plan reports a bf16 reduction, the
+    first step (same weights, rank 0's broadcast) has the 1-process loss, later steps differ by bf16 rounding only."""
+    recipe = dropout_recipe(reduce_dtype="bfloat16")
+    recipe.model.init = dict(TINY, attention_dropout=0.2, tie_word_embeddings=True)
+    one = seeded_run(tmp_path / "one", records[:32], tokenizer)
+    two = seeded_run(tmp_path / "two", records[:32], tokenizer)
+    train(recipe, one)
+    torchrun(tmp_path, recipe, two)
+    plan = json.loads((two / "plan.json").read_text())
+    assert (plan["param_dtype"], plan["reduce_dtype"], plan["master_dtype"]) == ("float32", "bfloat16", "float32")
+    a, b = losses(one), losses(two)
+    assert b[0] == pytest.approx(a[0], rel=1e-6)
+    assert b == pytest.approx(a, rel=1e-3) and b[1:] != pytest.approx(a[1:], rel=1e-6)

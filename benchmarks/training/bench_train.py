@@ -16,11 +16,14 @@ for ``--warmup-steps`` + ``--steps`` optimiser steps of
   (b) the same with ``DataCollatorWithFlattening``;
   (c) ``xllama.train.trainer.train`` with a recipe built here (bf16, global batch 128, micro_batch_tokens 16384).
 Reported over the timed steps: real (non-padding) tokens/s, MFU (6 N tokens + causal attention FLOPs of the real
-examples, against the GPU's dense bf16 peak) and peak GPU memory. On a CPU the same code runs with a tiny model
-(the figures then only show that the path works).
+examples, against the GPU's dense bf16 peak) and peak GPU memory, with the goals ((c) >= 1.6x (a), not slower
+than (b); on an H100/H200 >= 38,000 real tokens/s and peak memory no higher than (b)). (a), (b) use
+flash_attention_2 when installed, else sdpa; (c) xllama's choice (flash varlen, else FlexAttention on a GPU).
+On a CPU the same code runs with a small Llama (hidden 256, 4 layers, vocab 49,152) in fp32; peak memory is then
+the worker's peak RSS.
 
     python benchmarks/training/bench_train.py --padding-only               # CPU: padding efficiency
-    python benchmarks/training/bench_train.py --steps 2                    # CPU: tiny model, all three paths
+    python benchmarks/training/bench_train.py --warmup-steps 1 --steps 5   # CPU: small model, all three paths
     python benchmarks/training/bench_train.py                              # GPU: 1.1B, 3 warm-up + 10 timed steps
 
 Writes ``<out>/padding.md|json`` or ``<out>/train_<cpu|cuda>.md|json`` (default out: benchmarks/training/results).
@@ -29,6 +32,7 @@ Writes ``<out>/padding.md|json`` or ``<out>/train_<cpu|cuda>.md|json`` (default 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -50,6 +54,9 @@ IGNORE_INDEX = -100
 LLAMA_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
             "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048,
             "tie_word_embeddings": False}
+LLAMA_SMALL = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4,
+               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+               "tie_word_embeddings": False}  # the CPU comparison: a Llama shape that trains a few steps in minutes
 LLAMA_TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
               "tie_word_embeddings": False}
@@ -331,7 +338,7 @@ def _hf_trainer_run(settings: dict, flatten: bool) -> dict:
                 control.should_training_stop = True
 
     shape = settings["shape"]
-    model = build_model_from_config(dict(shape, attn_implementation=settings["attn"]), vocab_size=len(tokenizer),
+    model = build_model_from_config(dict(shape, attn_implementation=settings["attn_hf"]), vocab_size=len(tokenizer),
                                     seed=settings["seed"])
     model.config.use_cache = False
     num_params = sum(p.numel() for p in model.parameters())
@@ -376,7 +383,7 @@ def _xllama_run(settings: dict) -> dict:
                           lr_scheduler="cosine", warmup_ratio=0.03, weight_decay=0.0, max_grad_norm=1.0,
                           global_batch_size=settings["global_batch"], micro_batch_tokens=settings["micro_batch_tokens"],
                           max_length=settings["max_length"], precision="bf16" if cuda else "fp32", seed=settings["seed"],
-                          save_every=0, log_every=1),
+                          save_every=0, log_every=1, compile=settings["compile"]),
     ), where="benchmark recipe")
     train(recipe, run)
     summary = json.loads((run / "summary.json").read_text())
@@ -439,6 +446,11 @@ def worker(name: str, settings_path: Path) -> int:
     peak = None if peak is None or math.isnan(peak) else peak  # a GPU missing from PEAK_TFLOPS: no MFU
     summary = _summarise(raw["step_lengths"], raw["step_seconds"], settings["warmup"], raw["parameters"],
                          settings["shape"], peak)
+    if raw["peak_memory_gib"] is None:  # CPU: the worker process's peak resident set (model, optimiser, data)
+        import resource
+
+        raw["peak_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        raw["peak_memory_kind"] = "peak RSS of the process"
     result = {"config": name, "method": CONFIGS[name], "peak_tflops": peak,
               "peak_memory_gib": raw["peak_memory_gib"], "wall_s": time.perf_counter() - started,
               **{k: v for k, v in raw.items() if k not in ("step_lengths", "step_seconds")}, **summary}
@@ -471,31 +483,47 @@ def machine() -> dict:
 
 def training_table(results: dict, settings: dict, mach: dict) -> str:
     hardware = mach.get("gpu") or f"{mach['cpu']} ({mach['cpu_cores']} cores, CPU only)"
-    model = "1.1B Llama shape" if settings["shape"] == LLAMA_1B else "tiny Llama (CPU smoke run: figures meaningless)"
+    shape = settings["shape"]
+    model = ("1.1B Llama shape" if shape == LLAMA_1B else
+             f"Llama hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, MLP {shape['intermediate_size']}")
+    memory = "peak GPU memory allocated" if mach.get("gpu") else "peak RSS of the worker process"
     lines = [
         f"{hardware}; torch {mach['torch']}, transformers {mach['transformers']}, accelerate {mach['accelerate']}, "
-        f"flash-attn {mach['flash_attn'] or 'not installed'}; attention {settings['attn']}; {model}, random weights; "
-        f"{settings['warmup']} warm-up + {settings['steps']} timed optimiser steps each",
+        f"flash-attn {mach['flash_attn'] or 'not installed'}; attention (a), (b) {settings['attn_hf']}, (c) "
+        f"{settings['attn']}{' + train.compile' if settings.get('compile') else ''}; {model}, vocab 49,152, random "
+        f"weights; {settings['warmup']} warm-up + {settings['steps']} timed optimiser steps each; memory: {memory}",
         "",
-        "| configuration | examples/step | timed steps | real tokens/s | vs (a) | MFU | peak memory GiB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| configuration | examples/step | timed steps | real tokens/s | vs (a) | vs (b) | MFU | peak memory GiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     base = (results.get("a") or {}).get("tokens_per_s")
+    flat = (results.get("b") or {}).get("tokens_per_s")
     for key, name in CONFIGS.items():
         r = results.get(key)
         per_step = (f"{settings['ref_batch']} x {settings['ref_accum']}" if key != "c" else
                     f"{settings['global_batch']} (≤{settings['micro_batch_tokens']:,} tokens/pass)")
         if not r or r.get("error"):
-            lines.append(f"| ({key}) {name} | {per_step} | – | {(r or {}).get('error', 'not run')} | | | |")
+            lines.append(f"| ({key}) {name} | {per_step} | – | {(r or {}).get('error', 'not run')} | | | | |")
             continue
         tps = r["tokens_per_s"]
         if not tps:
-            lines.append(f"| ({key}) {name} | {per_step} | 0 | no timed step finished (time limit) | | | |")
+            lines.append(f"| ({key}) {name} | {per_step} | 0 | no timed step finished (time limit) | | | | |")
             continue
         ratio = f"{tps / base:.2f}x" if base and tps else "–"
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "n/a"
         mem = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") is not None else "n/a"
-        lines.append(f"| ({key}) {name} | {per_step} | {r['timed_steps']} | {tps:,.0f} | {ratio} | {mfu} | {mem} |")
+        vs_b = f"{tps / flat:.2f}x" if flat else "–"
+        lines.append(f"| ({key}) {name} | {per_step} | {r['timed_steps']} | {tps:,.0f} | {ratio} | {vs_b} | {mfu} "
+                     f"| {mem} |")
+    c = (results.get("c") or {}).get("tokens_per_s")
+    if c and base and flat:
+        goals = [f"(c) / (a) = {c / base:.2f} (goal >= 1.6)", f"(c) / (b) = {c / flat:.2f} (goal >= 1.0)"]
+        if mach.get("gpu"):
+            goals.append(f"(c) {c:,.0f} real tokens/s (goal >= 38,000 on one H100/H200)")
+            mem_b, mem_c = results["b"].get("peak_memory_gib"), results["c"].get("peak_memory_gib")
+            if mem_b and mem_c:
+                goals.append(f"peak memory (c) {mem_c:.1f} vs (b) {mem_b:.1f} GiB (goal: not higher)")
+        lines += ["", "Goals: " + "; ".join(goals) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -542,7 +570,8 @@ def main(argv=None) -> int:
     parser.add_argument("--padding-only", action="store_true", help="only the padding analysis (CPU, seconds)")
     parser.add_argument("--shared", help="the shared data folder (default: $XLLAMA_SHARED or ../shared)")
     parser.add_argument("--tokenizer", help="default: the shared SmolLM2 GGUF")
-    parser.add_argument("--model", choices=("1.1b", "tiny"), help="default: 1.1b on a GPU, tiny on a CPU")
+    parser.add_argument("--model", choices=("1.1b", "small", "tiny"),
+                        help="default: 1.1b on a GPU, small (hidden 256, 4 layers) on a CPU")
     parser.add_argument("--configs", default="a,b,c", help="which configurations to train (default a,b,c)")
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed optimiser steps per configuration")
@@ -554,7 +583,10 @@ def main(argv=None) -> int:
     parser.add_argument("--micro-batch-tokens", type=int,
                         help="(c): tokens per packed pass (default: the x-llama-7b recipe's, 16384; 2048 for CPU "
                              "training)")
-    parser.add_argument("--attn", help="attention implementation for all three (default: xllama's choice, "
+    parser.add_argument("--compile", action="store_true", help="(c): train.compile (torch.compile each layer)")
+    parser.add_argument("--attn-hf", help="(a), (b): attention implementation (default: flash_attention_2 when "
+                                          "flash-attn is installed, else sdpa: what the x-LLM scripts get)")
+    parser.add_argument("--attn", help="(c): attention implementation (default: xllama's choice, "
                                        "flash_attention_2 when flash-attn is installed, else sdpa)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, help="torch CPU threads in the workers")
@@ -572,23 +604,25 @@ def main(argv=None) -> int:
     import torch
 
     from xllama.train.config import load_recipe
-    from xllama.train.trainer import attention_implementation
+    from xllama.train.attention import choose_attention
 
     deadline = time.time() + args.max_seconds
     cuda = torch.cuda.is_available()
     shared = Path(args.shared) if args.shared else shared_dir()
     tokenizer_spec = args.tokenizer or str(shared / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    model = args.model or ("1.1b" if cuda else "tiny")
+    model = args.model or ("1.1b" if cuda else "small")
     paper = load_recipe("x-llama-7b", languages=["zh"]).train  # the padding analysis uses the paper recipe's plan
     settings = {
-        "shape": LLAMA_1B if model == "1.1b" else LLAMA_TINY,
+        "shape": {"1.1b": LLAMA_1B, "small": LLAMA_SMALL, "tiny": LLAMA_TINY}[model],
         "warmup": args.warmup_steps, "steps": args.steps, "max_length": args.max_length, "seed": args.seed,
         "ref_batch": args.ref_batch, "ref_accum": args.ref_accum,
         "global_batch": args.global_batch or (paper.global_batch_size if cuda else 16),
         "micro_batch_tokens": args.micro_batch_tokens or (paper.micro_batch_tokens if cuda else 2048),
         "pad_global_batch": args.global_batch or paper.global_batch_size,
         "pad_micro_batch_tokens": args.micro_batch_tokens or paper.micro_batch_tokens,
-        "attn": args.attn or attention_implementation("auto", use_cpu=not cuda), "threads": args.threads,
+        "attn": args.attn or choose_attention("auto", use_cpu=not cuda), "threads": args.threads,
+        "attn_hf": args.attn_hf or ("flash_attention_2" if cuda and importlib.util.find_spec("flash_attn") else "sdpa"),
+        "compile": args.compile,
     }
     if args.warmup_steps < 1 or args.steps < 1:
         parser.error("--warmup-steps and --steps must be at least 1")

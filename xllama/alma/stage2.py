@@ -42,13 +42,12 @@ def with_epoch_checkpoints(recipe, steps_per_epoch: int):
 
 
 def _saved_recipe(run):
-    import yaml
-
+    from xllama.io import read_yaml
     from xllama.train.config import Recipe, from_dict, validate
 
     if not run.config.is_file():
         raise XllamaError(f"{run.config} not found: no run was started in {run.root}")
-    saved = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    saved = read_yaml(run.config)
     return validate(from_dict(Recipe, saved, where=str(run.config)), where=str(run.config))
 
 
@@ -105,7 +104,10 @@ def select_best(run) -> dict:
     from xllama.alma.validate import validation_loss, validation_set
     from xllama.io import atomic_write_json
     from xllama.modeling import load_tokenizer
+    from xllama.train import checkpoint as ckpt
+    from xllama.train.attention import choose_attention
     from xllama.train.packing import steps_per_epoch
+    from xllama.train.parallel import build_and_shard
     from xllama.train.trainer import choose_device, save_final
 
     recipe = _saved_recipe(run)
@@ -128,11 +130,21 @@ def select_best(run) -> dict:
     candidates.sort(key=lambda c: c[1])
     candidates.append(("final", final_step, run.final))
 
+    attn = choose_attention(recipe.model.attn_implementation, use_cpu)
+
+    def load(path: Path, final: bool):
+        """The candidate built and sharded as the trainer does it, with its weights."""
+        model, layout = build_and_shard(lambda meta: _candidate_model(recipe, tokenizer, use_cpu, path, final, meta),
+                                        recipe, accelerator, attn)
+        if layout.engine == "deepspeed":
+            model = accelerator.prepare(model)
+        if not final:
+            ckpt.load_weights(accelerator, path, model, layout.engine)
+        return model
+
     results = []
     for name, step, path in candidates:
-        model = accelerator.prepare(_candidate_model(recipe, tokenizer, use_cpu, path, final=name == "final"))
-        if name != "final":
-            accelerator.load_state(str(path))
+        model = load(path, final=name == "final")
         scores = validation_loss(model, valid, tokenizer.pad_token_id, batch_tokens=recipe.train.micro_batch_tokens,
                                  device=accelerator.device, progress=accelerator.is_main_process,
                                  desc=f"validating {name}")
@@ -149,8 +161,7 @@ def select_best(run) -> dict:
     else:  # export the winning checkpoint the way the trainer exports final/
         if accelerator.is_main_process and target.is_symlink():
             target.unlink()
-        model = accelerator.prepare(_candidate_model(recipe, tokenizer, use_cpu, Path(best["path"]), final=False))
-        accelerator.load_state(best["path"])
+        model = load(Path(best["path"]), final=False)
         save_final(accelerator, model, tokenizer, recipe, SimpleNamespace(final=target))
         del model
         accelerator.free_memory()
@@ -164,18 +175,21 @@ def select_best(run) -> dict:
     return selection
 
 
-def _candidate_model(recipe, tokenizer, use_cpu: bool, path: Path, final: bool):
-    """A model shaped like the trained one: for a checkpoint, the recipe's model (its weights come from
-    ``load_state``); for final/, the saved weights (full model, or the recipe's base plus the saved adapter)."""
+def _candidate_model(recipe, tokenizer, use_cpu: bool, path: Path, final: bool, meta: bool = False):
+    """A model shaped like the trained one: for a checkpoint, the recipe's model (its weights come from the
+    checkpoint); for final/, the saved weights (full model, or the recipe's base plus the saved adapter).
+    ``meta``: the architecture only (the ranks that receive their shards from rank 0)."""
     from xllama.train.trainer import build_model
 
     if not final:
-        return build_model(recipe, tokenizer, use_cpu)
+        return build_model(recipe, tokenizer, use_cpu, meta)
     if recipe.lora.enabled:
         from peft import set_peft_model_state_dict
         from peft.utils import load_peft_weights
 
-        model = build_model(recipe, tokenizer, use_cpu)
+        model = build_model(recipe, tokenizer, use_cpu, meta)
+        if meta:
+            return model
         result = set_peft_model_state_dict(model, load_peft_weights(str(path / "adapter")))
         unexpected = getattr(result, "unexpected_keys", None)
         if unexpected:
@@ -184,7 +198,7 @@ def _candidate_model(recipe, tokenizer, use_cpu: bool, path: Path, final: bool):
     model_config = dataclasses.replace(recipe.model, name_or_path=str(path), init=None)
     return build_model(dataclasses.replace(recipe, model=model_config, lora=dataclasses.replace(recipe.lora,
                                                                                                enabled=False)),
-                       tokenizer, use_cpu)
+                       tokenizer, use_cpu, meta)
 
 
 def _link(target: Path, name: str) -> None:

@@ -25,6 +25,8 @@ def add_arguments(parser) -> None:
                         help="override a recipe key, e.g. --set train.learning_rate=1e-5 (repeatable)")
     parser.add_argument("--max-steps", type=int, help="stop after N optimiser steps (smoke tests)")
     parser.add_argument("--dry-run", action="store_true", help="build and tokenise the data, report it, do not train")
+    parser.add_argument("--json", action="store_true", help="print the run's summary as JSON (it is always saved in "
+                        "RUN/summary.json) instead of the short human summary")
 
 
 def run(args) -> int:
@@ -47,7 +49,7 @@ def run(args) -> int:
         from xllama.train.trainer import RunDir, _settle_config, prepare_data
 
         run_dir = RunDir(out)
-        recipe = _settle_config(recipe, run_dir, args.resume)
+        recipe = _settle_config(recipe, run_dir, args.resume, overrides)
         prepare_data(recipe, run_dir)
         manifest = json.loads((run_dir.data / "manifest.json").read_text())
         stats = json.loads((run_dir.tokenized / "stats.json").read_text())
@@ -64,6 +66,45 @@ def run(args) -> int:
         for c in (validation or {}).get("candidates", []):
             print(f"{c['name']:>12}  epoch {c['epoch']:<6g} validation loss {c['loss']:.4f}")
     else:
-        summary = train(recipe, out, resume=args.resume)
-    print(json.dumps(summary, indent=2))
+        summary = train(recipe, out, resume=args.resume, overrides=overrides)
+    print(json.dumps(summary, indent=2) if args.json else describe(summary, recipe, out, languages))
     return 0
+
+
+def describe(summary: dict, recipe, out: Path, languages: list[str] | None) -> str:
+    """The end of `xllama train` for a person: what was done, where the model is, what to run next."""
+    if summary["status"] != "completed":
+        return (f"\nstopped at step {summary['steps']} of {summary['total_steps']}: a checkpoint is saved in "
+                f"{out / 'checkpoints'}.\ncontinue: run the same command again with --resume")
+    model = summary.get("best_model") or summary["final_model"]
+    early = " (stopped early by train.max_steps)" if summary["steps"] < summary["total_steps"] else ""
+    lines = [
+        "",
+        f"trained {summary['steps']} of {summary['total_steps']} steps{early} on {summary['examples']:,} examples, "
+        f"{summary['parameters'] / 1e6:,.1f}M parameters, in {_duration(summary['wall_time_s'])}",
+        f"model:    {model}  (a Hugging Face folder: from_pretrained loads it)",
+        f"details:  {out / 'summary.json'}, {out / 'metrics.jsonl'}",
+        "next:",
+    ]
+    lang = _first_language(recipe, languages)
+    prompt = "alpaca" if recipe.task == "instruct" else "alma"
+    lines.append(f'  xllama translate --model {model} --prompt {prompt} --src en --tgt {lang} '
+                 f'"The weather is nice today."')
+    lines.append(f"  xllama eval translation --model {model} --prompt {prompt} --data flores101 "
+                 f"--pairs en-{lang},{lang}-en --limit 50")
+    return "\n".join(lines)
+
+
+def _first_language(recipe, languages: list[str] | None) -> str:
+    """The recipe's first non-English language, for the example commands ('XX' when it names none)."""
+    data = recipe.data if isinstance(recipe.data, dict) else {}
+    pairs = [p for key in ("parallel", "pairs") if isinstance(data.get(key), dict) for p in data[key]]
+    candidates = [*(languages or []), *(data.get("languages") or []), *(x for p in pairs for x in str(p).split("-"))]
+    return next((c for c in candidates if c != "en"), "XX")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"

@@ -16,6 +16,7 @@ TASK_MODULES = {
     "instruct": "xllama.train.data",
     "alma-monolingual": "xllama.alma.data",
     "alma-parallel": "xllama.alma.data",
+    "alma-cpo": "xllama.alma.cpo",  # ALMA-R stage 3: preference triplets; provides objective(recipe) (CPO loss)
 }
 
 

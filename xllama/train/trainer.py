@@ -1,7 +1,8 @@
-"""The training loop: instruction tuning on packed rows, sharded by accelerate (FSDP / DeepSpeed / single device).
+"""The training loop: instruction tuning on packed rows, sharded by parallel.py (FSDP2 / DeepSpeed / one device).
 
-Read it top to bottom: prepare the run directory and data (main process), load the model, then for each
-optimiser step pack the step's examples, run forward/backward per micro-batch, clip, step, log, checkpoint.
+Read it top to bottom: prepare the run directory and the token store (one process, before the process group
+starts), build and shard the model (parallel.py), then for each optimiser step pack the step's examples, run
+forward/backward per micro-batch, clip, step, log, checkpoint (checkpoint.py).
 
 Loss: the sum of token cross-entropies over the step's target tokens divided by the number of target tokens in
 the whole step (all micro-batches, all ranks), so every target token weighs the same whatever the packing, the
@@ -11,11 +12,11 @@ micro-batch count or the world size. The count is known in advance because every
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -24,8 +25,10 @@ from pathlib import Path
 import yaml
 
 from xllama.errors import XllamaError
-from xllama.io import atomic_directory, atomic_write_json, atomic_write_text
+from xllama.io import atomic_directory, atomic_write_json, atomic_write_text, read_yaml
 from xllama.train.config import Recipe, from_dict, validate
+from xllama.train.attention import check_isolation, choose_attention
+from xllama.train.loss import DEFAULT_CHUNK_TOKENS, causal_lm_loss
 from xllama.train.packing import TokenStore, packed_row, plan_step, steps_per_epoch, total_steps
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ class RunDir:
     config = property(lambda self: self.root / "config.yaml")
     data = property(lambda self: self.root / "data")  # the text mix (datasets format) + manifest.json
     tokenized = property(lambda self: self.root / "tokenized")
+    store = property(lambda self: self.root / "store")  # tokens.bin + offsets every rank memory-maps
+    plan = property(lambda self: self.root / "plan.json")  # the effective parallel plan
     tokenizer = property(lambda self: self.root / "tokenizer")
     checkpoints = property(lambda self: self.root / "checkpoints")
     metrics = property(lambda self: self.root / "metrics.jsonl")
@@ -50,8 +55,10 @@ class RunDir:
     summary = property(lambda self: self.root / "summary.json")
 
     def latest_checkpoint(self) -> Path | None:
-        done = [p for p in self.checkpoints.glob("step-*") if (p / "trainer_state.json").is_file()]
-        return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+        from xllama.train.checkpoint import completed
+
+        done = completed(self.checkpoints)
+        return done[-1] if done else None
 
 
 # --- devices -----------------------------------------------------------------------------------------------
@@ -72,23 +79,11 @@ def choose_device(recipe: Recipe) -> bool:
     return wanted == "cpu" or not cuda
 
 
-def attention_implementation(requested: str, use_cpu: bool) -> str:
-    """The fastest attention path that handles packed rows on this machine."""
-    if requested != "auto":
-        return requested
-    if not use_cpu:
-        import importlib.util
-
-        if importlib.util.find_spec("flash_attn") is not None:
-            return "flash_attention_2"
-        return "sdpa"  # packed rows get a block-diagonal mask from transformers' masking utilities
-    return "sdpa"
-
-
 # --- data --------------------------------------------------------------------------------------------------
 
 def prepare_data(recipe: Recipe, run: RunDir) -> None:
-    """Main process: build the text mix, the tokenizer (if trained here) and the tokenised set, once per run."""
+    """One process: build the text mix, the tokenizer (if trained here), the tokenised set and the token store
+    (RUN/store, memory-mapped by every rank), once per run; each part is skipped when it exists."""
     from datasets import load_from_disk
 
     from xllama.modeling import build_bpe_tokenizer, load_tokenizer
@@ -116,21 +111,29 @@ def prepare_data(recipe: Recipe, run: RunDir) -> None:
             tokenized.save_to_disk(str(tmp))
             atomic_write_json(tmp / "stats.json", stats)
         log.info("tokenised %d examples (%s)", len(tokenized), stats)
+    if not run.store.is_dir():
+        from xllama.train.store import write_store
+
+        meta = write_store(load_from_disk(str(run.tokenized)), run.store, len(load_tokenizer(str(run.tokenizer))))
+        log.info("token store %s: %s", run.store, meta)
 
 
 # --- model -------------------------------------------------------------------------------------------------
 
-def build_model(recipe: Recipe, tokenizer, use_cpu: bool):
+def build_model(recipe: Recipe, tokenizer, use_cpu: bool, meta: bool = False):
+    """The model to train; ``meta=True``: the same architecture without reading weights (call it under
+    ``torch.device("meta")``: the ranks that receive their shards from rank 0, see parallel.py)."""
     import torch
 
     from xllama.modeling import build_model_from_config, load_model
 
-    attn = attention_implementation(recipe.model.attn_implementation, use_cpu)
+    attn = choose_attention(recipe.model.attn_implementation, use_cpu)
     if recipe.model.init is not None:
         config = dict(recipe.model.init, attn_implementation=attn)
         model = build_model_from_config(config, vocab_size=len(tokenizer), seed=recipe.train.seed)
     else:
-        model = load_model(recipe.model.name_or_path, dtype="float32", attn_implementation=attn)
+        model = (_from_config(recipe.model.name_or_path, attn) if meta else
+                 load_model(recipe.model.name_or_path, dtype="float32", attn_implementation=attn))
     model.config.use_cache = False
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and recipe.train.max_length > limit:
@@ -143,14 +146,39 @@ def build_model(recipe: Recipe, tokenizer, use_cpu: bool):
                           f"{model.get_input_embeddings().weight.shape[0]} rows")
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if recipe.train.compile:
+        compile_layers(model)
     if recipe.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         lora = recipe.lora
+        torch.manual_seed(recipe.train.seed)  # the adapter's random init: a function of the seed, run to run
         model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                  target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
     torch.manual_seed(recipe.train.seed)
     return model
+
+
+def compile_layers(model) -> int:
+    """torch.compile each decoder layer in place (parameter names unchanged); returns how many were compiled."""
+    kinds = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in kinds]
+    if not layers:
+        raise XllamaError(f"train.compile: no decoder layers found in {type(model).__name__} "
+                          "(its _no_split_modules is empty); set train.compile: false")
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def _from_config(spec: str, attn: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from xllama.modeling import resolve_model
+
+    source = resolve_model(spec)
+    config = AutoConfig.from_pretrained(source.path, **source.kwargs)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
 
 
 def build_optimizer(model, recipe: Recipe, use_cpu: bool):
@@ -173,55 +201,104 @@ def flops_per_step(num_params: int, config, lengths) -> float:
     return 6.0 * num_params * tokens + 6.0 * layers * hidden * sum(n * n for n in lengths)
 
 
+# --- the objective -----------------------------------------------------------------------------------------
+
+class TokenCrossEntropy:
+    """The default objective: the sum of token cross-entropies over the step's target tokens divided by the
+    number of target tokens in the whole step, so every target token weighs the same.
+
+    An objective is ``step_totals(store, examples) -> dict`` (normalisers over the whole step, every rank computes
+    the same), ``__call__(model, row, totals) -> (loss, sums)`` (this micro-batch's share of the step's loss; sums
+    are detached scalars added over micro-batches and ranks) and ``metrics(sums, totals) -> dict`` (logged, "loss"
+    first). A task module may provide ``objective(recipe)`` (CPO: :mod:`xllama.alma.cpo`).
+    """
+
+    def step_totals(self, store: TokenStore, examples) -> dict:
+        return {"target_tokens": int(store.target_counts[examples].sum())}
+
+    def __init__(self, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+        self.chunk_tokens = chunk_tokens
+
+    def __call__(self, model, row: dict, totals: dict):
+        token_loss = causal_lm_loss(model, row, self.chunk_tokens)  # chunked: never the whole fp32 logits
+        return token_loss / max(totals["target_tokens"], 1), {"loss": token_loss.detach()}
+
+    def metrics(self, sums: dict, totals: dict) -> dict:
+        return {"loss": sums["loss"] / max(totals["target_tokens"], 1)}
+
+
+def task_objective(recipe: Recipe):
+    """The recipe task's objective (its module's ``objective(recipe)``), else token cross-entropy."""
+    from xllama.train.data import task_module
+
+    make = getattr(task_module(recipe.task), "objective", None)
+    return make(recipe) if make is not None else TokenCrossEntropy(recipe.train.loss_chunk_tokens)
+
+
 # --- checkpoints -------------------------------------------------------------------------------------------
-
-def save_checkpoint(accelerator, run: RunDir, step: int, scheduler, keep: int) -> None:
-    """Write checkpoints/step-N atomically: everything goes to a temporary directory that is renamed last."""
-    final = run.checkpoints / f"step-{step}"
-    tmp = run.checkpoints / f".step-{step}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / "trainer_state.json", {"step": step, "scheduler": scheduler.state_dict()})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted(run.checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
 
 def save_final(accelerator, model, tokenizer, recipe: Recipe, run: RunDir) -> None:
     """Save a standard Hugging Face checkpoint (from_pretrained loads it), whatever the sharding was."""
-    state = accelerator.get_state_dict(model)  # gathers full weights on the main process under FSDP/ZeRO-3
+    from xllama.modeling import align_with_tokenizer
+    from xllama.train.parallel import full_state_dict
+
+    state = full_state_dict(accelerator, model)  # full weights on the main process under FSDP2/ZeRO-3
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
+    dtype = save_dtype(recipe)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     unwrapped = accelerator.unwrap_model(model)
+    align_with_tokenizer(unwrapped, tokenizer)  # plain transformers loads, generates and stops like xllama
     with atomic_directory(run.final, overwrite=True) as tmp:
         if recipe.lora.enabled:
             unwrapped.save_pretrained(tmp / "adapter", state_dict=state, safe_serialization=True)
             if recipe.lora.merge:
-                merged = _merged_copy(unwrapped, state)
-                merged.save_pretrained(tmp, safe_serialization=True)
+                merged = _merged_copy(recipe, tokenizer, state)
+                merged.to(dtype).save_pretrained(tmp, safe_serialization=True)
         else:
             unwrapped.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        _record_dtype(tmp / "config.json", dtype)
         tokenizer.save_pretrained(tmp)
-        unwrapped_config = getattr(unwrapped, "generation_config", None)
-        if unwrapped_config is not None and tokenizer.eos_token_id is not None:
-            unwrapped_config.eos_token_id = tokenizer.eos_token_id
-            unwrapped_config.pad_token_id = tokenizer.pad_token_id
-            unwrapped_config.save_pretrained(tmp)
     accelerator.wait_for_everyone()
 
 
-def _merged_copy(peft_model, state):
-    """Merge LoRA weights into the base model using the gathered full state (works after FSDP too)."""
-    import copy
+def save_dtype(recipe: Recipe):
+    """The dtype of RUN/final: train.save_dtype, or ('auto') the base model's (its config's torch_dtype;
+    float32 for a model built from a config or a checkpoint that names none)."""
+    import torch
 
-    clone = copy.deepcopy(peft_model).cpu()
+    name = recipe.train.save_dtype
+    if name == "auto":
+        name = "float32"
+        if recipe.model.name_or_path is not None:
+            from transformers import AutoConfig
+
+            from xllama.modeling import resolve_model
+
+            source = resolve_model(recipe.model.name_or_path)
+            config = AutoConfig.from_pretrained(source.path, **source.kwargs)
+            found = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+            name = str(found).removeprefix("torch.") if found is not None else name
+    return getattr(torch, name)
+
+
+def _record_dtype(config_json: Path, dtype) -> None:
+    """save_pretrained writes the dtype of the training weights (fp32); record the dtype actually saved."""
+    if config_json.is_file():
+        config = json.loads(config_json.read_text(encoding="utf-8"))
+        for key in ("torch_dtype", "dtype"):
+            if key in config or key == "torch_dtype":
+                config[key] = str(dtype).removeprefix("torch.")
+        atomic_write_text(config_json, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _merged_copy(recipe: Recipe, tokenizer, state):
+    """The LoRA model merged into its base, from the gathered full state: a fresh unsharded copy is built on the
+    CPU (the trained, possibly FSDP-sharded model itself cannot be copied), given the state, then merged."""
+    plain = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, compile=False,
+                                                                  gradient_checkpointing=False))
+    clone = build_model(plain, tokenizer, use_cpu=True)
     clone.load_state_dict({k: v.cpu() for k, v in state.items()}, strict=False)
     return clone.merge_and_unload()
 
@@ -250,55 +327,62 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop_after: int | None = None) -> dict:
-    """Run (or resume) training; returns a summary dict. ``stop_after`` simulates an interruption (tests)."""
+def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop_after: int | None = None,
+          overrides: list[str] = ()) -> dict:
+    """Run (or resume) training; returns a summary dict. ``stop_after`` simulates an interruption (tests).
+    ``overrides``: the command line's KEY=VALUE settings, checked against the saved config on resume."""
     import torch
-    import torch.nn.functional as F
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType
-    from datasets import load_from_disk
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from xllama.modeling import load_tokenizer
+    from xllama.train import checkpoint as ckpt
+    from xllama.train.parallel import autocast, build_and_shard, clip_grad_norm_, configure_deepspeed, row_seed
+    from xllama.train.store import open_store, prepare_once
 
     run = RunDir(Path(run_dir))
     choose_device(recipe)  # fail before anything is written when the machine cannot run this recipe
-    recipe = _settle_config(recipe, run, resume)
+    recipe = _settle_config(recipe, run, resume, overrides)
+    if resume and (done := _finished_summary(run, recipe)) is not None:
+        log.info("%s is already complete (%d of %d steps): nothing to resume", run.root, done["steps"],
+                 done["total_steps"])
+        return done
     use_cpu = choose_device(recipe)
     t = recipe.train
-    mixed = "bf16" if t.precision == "bf16" and not use_cpu else "no"
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)
-    if use_cpu and t.precision == "bf16":
-        log.info("CPU run: training in fp32 (bf16 autocast is a GPU setting)")
-
-    if accelerator.is_main_process:
-        prepare_data(recipe, run)
-    accelerator.wait_for_everyone()
+    # Data first, before the process group exists: one process prepares, the others wait on the file system.
+    prepare_once(lambda: prepare_data(recipe, run), run.store, int(os.environ.get("RANK", "0")))
+    accelerator = _accelerator(recipe, run, use_cpu)  # device, process group, DeepSpeed, trackers
     tokenizer = load_tokenizer(str(run.tokenizer))
-    store = TokenStore.from_dataset(load_from_disk(str(run.tokenized)))
+    store = open_store(run.store)  # memory-mapped
 
-    model = build_model(recipe, tokenizer, use_cpu)
+    attn = choose_attention(recipe.model.attn_implementation, use_cpu)
+    model, layout = build_and_shard(lambda meta: build_model(recipe, tokenizer, use_cpu, meta), recipe, accelerator,
+                                  attn)
+    # a tiny copy of this architecture on this attention path: packed examples must not see each other
+    check_isolation(_config(model), attn, accelerator.device)
+    objective = task_objective(recipe)
     num_params = sum(p.numel() for p in model.parameters())
-    optimizer = build_optimizer(model, recipe, use_cpu)
+    optimizer = build_optimizer(model, recipe, use_cpu or t.cpu_offload)
     steps = total_steps(len(store), t.global_batch_size, t.epochs)
     last_step = min(steps, t.max_steps) if t.max_steps else steps
     scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * steps),
                               num_training_steps=steps)
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped by us, once per step
+    if layout.engine == "deepspeed":
+        configure_deepspeed(accelerator, recipe)
+        model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped by us, once per step
+    if accelerator.is_main_process:
+        log.info("%s", layout.describe())
+        atomic_write_json(run.plan, layout.to_dict())
 
     start = 0
     checkpoint = run.latest_checkpoint() if resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-        scheduler.load_state_dict(state["scheduler"])
-        start = state["step"]
+        start = ckpt.load(accelerator, checkpoint, model, optimizer, scheduler, layout.engine)
         log.info("resumed from %s at step %d", checkpoint, start)
     if accelerator.is_main_process:
         _truncate_metrics(run.metrics, start)
 
-    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    deepspeed = layout.engine == "deepspeed"
     world, rank = accelerator.num_processes, accelerator.process_index
     device = accelerator.device
     lengths, targets = store.lengths, store.target_counts
@@ -315,8 +399,9 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
             plan = plan_step(step, store, t.global_batch_size, t.micro_batch_tokens, world, t.seed)
             step_examples = [i for rank_mbs in plan for mb in rank_mbs for i in mb]
             step_targets = int(targets[step_examples].sum())
+            totals = objective.step_totals(store, step_examples)  # the loss's normalisers: whole step, all ranks
             model.train()
-            loss_sum = torch.zeros((), device=device)
+            sums: dict = {}
             micro_batches = plan[rank]
             for j, mb in enumerate(micro_batches):
                 row = {k: torch.from_numpy(v).to(device) for k, v in packed_row(store, mb, tokenizer.pad_token_id).items()}
@@ -324,18 +409,22 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
                 if deepspeed:  # DeepSpeed steps inside backward: tell it which micro-batch ends the step
                     model.set_gradient_accumulation_boundary(sync)
                     accelerator.gradient_state._set_sync_gradients(sync)
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    logits = model(input_ids=row["input_ids"], position_ids=row["position_ids"], use_cache=False).logits
-                    token_loss = F.cross_entropy(logits.float().flatten(0, 1), row["labels"].flatten(),
-                                                 ignore_index=-100, reduction="sum")
-                    accelerator.backward(token_loss * world / max(step_targets, 1))
-                loss_sum += token_loss.detach()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                torch.manual_seed(row_seed(t.seed, step, mb))  # dropout: a function of the row, not of the rank
+                with autocast(layout):
+                    loss, parts = objective(model, row, totals)
+                accelerator.backward(loss * world)  # FSDP2/DeepSpeed average over ranks: * world makes it a sum
+                for k, v in parts.items():
+                    sums[k] = sums[k] + v if k in sums else v
+            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if deepspeed
+                         else clip_grad_norm_(model.parameters(), t.max_grad_norm))
+            lr = scheduler.get_last_lr()[0]  # the rate this step's update used
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+            names = sorted(sums)
+            reduced = accelerator.reduce(torch.stack([sums[k].float() for k in names]), reduction="sum").tolist()
+            step_metrics = objective.metrics(dict(zip(names, reduced)), totals)
             stop_now = stop.requested or (stop_after is not None and step + 1 >= stop_after)
             stop_now = bool(accelerator.reduce(torch.tensor(float(stop_now), device=device), reduction="sum") > 0)
             elapsed = time.perf_counter() - tick
@@ -343,8 +432,8 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
             record = {
                 "step": step + 1,
                 "epoch": round((step + 1) / steps_per_epoch(len(store), t.global_batch_size), 4),
-                "loss": loss_sum.item() / max(step_targets, 1),
-                "lr": scheduler.get_last_lr()[0],
+                **step_metrics,  # "loss" first, then what the objective adds (CPO: preference accuracy, margin)
+                "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "examples": len(step_examples),
                 "tokens": sum(step_lengths),
@@ -360,16 +449,21 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
             if accelerator.is_main_process and ((step + 1) % t.log_every == 0 or step + 1 == last_step):
                 with open(run.metrics, "a", encoding="utf-8") as f:
                     f.write(json.dumps(record) + "\n")
+                if t.report_to:  # the same record to tensorboard / wandb / mlflow
+                    accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step + 1)
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                             tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
             bar.update(1)
             if stop_now or (t.save_every and (step + 1) % t.save_every == 0 and step + 1 < last_step):
-                save_checkpoint(accelerator, run, step + 1, scheduler, t.keep_checkpoints)
+                ckpt.save(accelerator, run.checkpoints, step + 1, model, optimizer, scheduler, layout.engine,
+                          t.keep_checkpoints)
             if stop_now and step + 1 < last_step:
                 status = "interrupted"
                 log.warning("stopped at step %d of %d; continue with --resume", step + 1, last_step)
                 break
     bar.close()
+    if t.report_to:
+        accelerator.end_training()
     if status == "completed":
         save_final(accelerator, model, tokenizer, recipe, run)
     summary = {
@@ -385,6 +479,43 @@ def train(recipe: Recipe, run_dir: str | os.PathLike, resume: bool = False, stop
     if accelerator.is_main_process:
         atomic_write_json(run.summary, summary)
     return summary
+
+
+def _accelerator(recipe: Recipe, run: RunDir, use_cpu: bool):
+    """accelerate gives the device, the process group (from the launcher's environment), DeepSpeed and the
+    experiment trackers; the model's sharding is parallel.py's (an accelerate FSDP config is not used)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    t = recipe.train
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        log.warning("the accelerate config's FSDP section is not used: xllama shards the model itself "
+                    "(xllama/train/parallel.py) from the recipe's train.* keys")
+    mixed = "bf16" if deepspeed and t.precision == "bf16" and not use_cpu else "no"  # DeepSpeed casts by config
+    for tracker in t.report_to:
+        module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}[tracker]
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            raise XllamaError(f"train.report_to lists {tracker!r} but it is not installed: pip install {module}")
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed, log_with=list(t.report_to) or None,
+                              project_config=ProjectConfiguration(project_dir=str(run.root),
+                                                                  logging_dir=str(run.root / "logs")))
+    if t.report_to:
+        accelerator.init_trackers(run.root.name, config=_flat(recipe.to_dict()))
+    return accelerator
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{'train': {'seed': 1}} -> {'train.seed': 1}: trackers take flat scalars (others become strings)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
 
 
 def _config(model):
@@ -409,13 +540,16 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(ln + "\n" for ln in lines))
 
 
-def _settle_config(recipe: Recipe, run: RunDir, resume: bool) -> Recipe:
-    """A new run writes config.yaml; a resumed run trains on exactly the config it started with."""
+def _settle_config(recipe: Recipe, run: RunDir, resume: bool, overrides: list[str] = ()) -> Recipe:
+    """A new run writes config.yaml; a resumed run trains on exactly the config it started with, except
+    ``train.max_steps`` (safe: the schedule follows ``epochs``), which a resume applies and records. Any other
+    KEY=VALUE given with --resume that differs from the run's config is an error naming it."""
     if resume:
         if not run.config.is_file():
             raise XllamaError(f"cannot resume: {run.config} not found (no run was started in {run.root})")
-        saved = yaml.safe_load(run.config.read_text(encoding="utf-8"))
-        return validate(from_dict(Recipe, saved, where=str(run.config)), where=str(run.config))
+        saved = read_yaml(run.config)
+        settled = validate(from_dict(Recipe, saved, where=str(run.config)), where=str(run.config))
+        return _apply_on_resume(settled, overrides, run)
     if run.latest_checkpoint() is not None or run.final.exists():
         raise XllamaError(f"run directory {run.root} already holds a run: pass --resume to continue it, "
                           "or choose another --out")
@@ -423,6 +557,44 @@ def _settle_config(recipe: Recipe, run: RunDir, resume: bool) -> Recipe:
         run.root.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
     return recipe
+
+
+def _apply_on_resume(recipe: Recipe, overrides: list[str], run: RunDir) -> Recipe:
+    from xllama.train.config import parse_override
+
+    ignored = []
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys == ["train", "max_steps"]:
+            if recipe.train.max_steps != value:
+                log.warning("--resume: train.max_steps %s -> %s (applied)", recipe.train.max_steps, value)
+                recipe.train.max_steps = value
+            continue
+        current = recipe.to_dict()
+        for k in keys:
+            current = current.get(k) if isinstance(current, dict) else None
+        if current != value:
+            ignored.append(f"{'.'.join(keys)} (the run has {current!r}, given {value!r})")
+    if ignored:
+        raise XllamaError(f"--resume continues {run.root} with its own config ({run.config}); these settings differ "
+                          f"and would be ignored: {'; '.join(ignored)}. Only train.max_steps (--max-steps) may "
+                          "change on resume; start a new run (--out) to change the others")
+    validate(recipe, str(run.config))
+    if _is_main():
+        atomic_write_text(run.config, yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True))
+    return recipe
+
+
+def _finished_summary(run: RunDir, recipe: Recipe) -> dict | None:
+    """The saved summary of a run that has trained every step ``recipe`` asks for (its final model written),
+    else None. Resuming such a run must leave it as it is (summary.json's wall time included)."""
+    if not (run.summary.is_file() and run.final.is_dir()):
+        return None
+    summary = json.loads(run.summary.read_text(encoding="utf-8"))
+    target = summary.get("total_steps", 0)
+    if recipe.train.max_steps is not None:
+        target = min(target, recipe.train.max_steps)
+    return summary if summary.get("status") == "completed" and summary.get("steps", 0) >= target else None
 
 
 def _is_main() -> bool:
