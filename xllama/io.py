@@ -10,10 +10,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import yaml
 
 from xllama.errors import XllamaError
 
@@ -127,3 +130,34 @@ def shared_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader plus YAML 1.2's float syntax: an exponent without a dot (1e-5, 2E3)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, where: str | os.PathLike = "<string>") -> Any:
+    """Parse YAML as a person means it: ``1e-5`` and ``2e-3`` are floats (as in YAML 1.2), not the strings
+    PyYAML's YAML 1.1 rules make of them. A syntax error names ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise XllamaError(f"{where}: {line}malformed YAML ({problem})") from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file with ``load_yaml``; a missing file or a syntax error names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise XllamaError(f"file not found: {path}")
+    return load_yaml(path.read_text(encoding="utf-8"), path)

@@ -90,15 +90,9 @@ def _number(text: str, option: str) -> int | float:
 
 
 def _read_spec_file(path: str) -> tuple[dict, str]:
-    import yaml
+    from xllama.io import read_yaml
 
-    file = Path(path)
-    if not file.is_file():
-        raise XllamaError(f"file not found: {path}")
-    try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise XllamaError(f"{path}: malformed YAML: {e}") from None
+    doc = read_yaml(path) or {}
     if isinstance(doc, dict) and isinstance(doc.get("data"), dict):  # a training recipe
         return dict(doc["data"]), f"{path}:data"
     if not isinstance(doc, dict):
