@@ -271,6 +271,7 @@ def test_guard_removes_evaluation_sentences(shared, tmp_path):
 # ---------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_stage1_stage2_translate_end_to_end(shared, stage1, tmp_path):
     """Stage 1 (fixture) -> stage 2 with checkpoint selection -> `xllama translate` on a file."""
     from xllama.alma.stage2 import train_and_select
@@ -300,6 +301,7 @@ def test_stage1_stage2_translate_end_to_end(shared, stage1, tmp_path):
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # blank line kept, one line per segment
 
 
+@pytest.mark.slow
 def test_lora_merged_equals_base_plus_adapter(shared, stage1, tmp_path, monkeypatch):
     """A LoRA stage-2 run: the merged model it saves gives the same logits as base + adapter; a checkpoint that
     wins the selection is exported like final/ (merged model + adapter)."""

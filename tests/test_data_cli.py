@@ -22,6 +22,7 @@ def xllama(*argv: str) -> int:
     return main(["data", *argv])
 
 
+@pytest.mark.slow
 def test_done_means_zh_build(shared, tmp_path, capsys):
     """Alpaca en/zh + ALMA zh-en pairs with FLORES-101 devtest as guard, through the CLI."""
     data = shared / "data"
@@ -75,6 +76,7 @@ def test_done_means_zh_build(shared, tmp_path, capsys):
     )
 
 
+@pytest.mark.slow
 def test_catalog_recipe_over_shared_paths(shared, tmp_path, monkeypatch, capsys):
     if (REPO / "../shared/data").resolve() != (shared / "data").resolve():
         pytest.skip("the recipe's ../shared paths do not point at the shared data from this checkout")

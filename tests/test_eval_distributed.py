@@ -76,6 +76,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_two_processes_translate_exactly_like_one(tiny_model, flores_dir, tmp_path, monkeypatch):
     # batches of 2 over 7 sentences: 4 batches, so each process generates two of them
     common = ["eval", "translation", "--model", str(tiny_model), "--data", str(flores_dir), "--pairs", "en-zh",

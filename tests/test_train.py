@@ -202,6 +202,7 @@ fsdp_config:
 """
 
 
+@pytest.mark.slow
 def test_two_process_fsdp_run_saves_a_loadable_checkpoint(tmp_path, records, tokenizer):
     """FSDP2 full shard over 2 CPU processes (gloo): trains, checkpoints, saves a from_pretrained checkpoint."""
     run = seeded_run(tmp_path / "run", records[:32], tokenizer)
@@ -272,6 +273,7 @@ def test_batch_encode_ignores_padding_left_by_an_earlier_call(tokenizer):
     assert len(clean[1]) < len(clean[0])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, records, tokenizer):
     """A scheduler's SIGTERM: the step in flight finishes, a checkpoint is written, the process exits 0."""
     import signal
@@ -327,6 +329,7 @@ def final_weights(run: Path) -> dict:
     return load_file(run / "final/model.safetensors")
 
 
+@pytest.mark.slow
 def test_two_process_fsdp2_equals_one_process_with_dropout(tmp_path, records, tokenizer):
     """FSDP2 over 2 gloo processes, 4 micro-batches per rank per step, dropout on = the 1-process run: same loss
     curve (rel 1e-5) and final weights (atol 1e-4: Adam divides by the root of tiny second moments, which amplifies
@@ -355,6 +358,7 @@ def test_two_process_fsdp2_equals_one_process_with_dropout(tmp_path, records, to
     assert losses(off)[0] != pytest.approx(losses(one)[0], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_resumed_two_process_run_equals_uninterrupted_with_a_slow_rank(tmp_path, records, tokenizer):
     """2 processes, interrupted at step 3 while rank 1 is 4 s late writing its checkpoint state, resumed: the
     checkpoint holds every rank's state, and the run ends as the uninterrupted one (loss curve, data order,
