@@ -23,32 +23,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def flores_dir(shared):
-    return shared / "data" / "eval" / "flores101" / "devtest"
-
-
-@pytest.fixture(scope="module")
 def xquad_dir(shared):
     return shared / "data" / "eval" / "xquad"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, flores_dir):
-    """A random 2-layer Llama + a byte-level BPE tokenizer trained on FLORES, saved like any checkpoint."""
-    from xllama.data.evalsets import load_flores
-    from xllama.modeling import build_bpe_tokenizer, build_model_from_config
-
-    text = load_flores(str(flores_dir), "en")[:300] + load_flores(str(flores_dir), "zh")[:300]
-    tokenizer = build_bpe_tokenizer(text, vocab_size=800)
-    model = build_model_from_config({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                                     "num_attention_heads": 4, "num_key_value_heads": 2}, vocab_size=len(tokenizer))
-    with torch.no_grad():  # answers that end (newline / EOS) instead of always running to max_new_tokens
-        model.lm_head.weight[tokenizer.convert_tokens_to_ids("Ċ")] *= 1.5
-        model.lm_head.weight[tokenizer.eos_token_id] *= 1.5
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def lines(path):

@@ -26,11 +26,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def flores_dir(shared):
-    return shared / "data" / "eval" / "flores101" / "devtest"
-
-
-@pytest.fixture(scope="module")
 def two_finals(tmp_path_factory, flores_dir):
     """Two trained-model folders laid out as `xllama train` leaves them: runs/a/final and runs/b/final."""
     from xllama.data.evalsets import load_flores
