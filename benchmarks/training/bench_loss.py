@@ -12,7 +12,7 @@ whatever it is); losses and gradients of the two methods are compared on the sam
     python benchmarks/training/bench_loss.py                 # 16K tokens at vocab 49,152 and 128,256 (hidden 256)
     python benchmarks/training/bench_loss.py --full          # naive at 16K x 128K too (needs ~25 GiB free)
 
-Writes benchmarks/training/results/loss_memory.md and .json.
+Writes runs/benchmarks/training/loss_memory.md and .json (``--out`` to change it).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-tokens", type=int, default=4096, help="xllama's train.loss_chunk_tokens default")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--full", action="store_true", help="naive at every vocabulary with --tokens (much memory)")
-    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--out", default=str(HERE.parent.parent / "runs" / "benchmarks" / "training"))
     p.add_argument("--worker", choices=("naive", "chunked"), help=argparse.SUPPRESS)
     p.add_argument("--vocab", type=int, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

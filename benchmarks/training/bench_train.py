@@ -26,7 +26,7 @@ the worker's peak RSS.
     python benchmarks/training/bench_train.py --warmup-steps 1 --steps 5   # CPU: small model, all three paths
     python benchmarks/training/bench_train.py                              # GPU: 1.1B, 3 warm-up + 10 timed steps
 
-Writes ``<out>/padding.md|json`` or ``<out>/train_<cpu|cuda>.md|json`` (default out: benchmarks/training/results).
+Writes ``<out>/padding.md|json`` or ``<out>/train_<cpu|cuda>.md|json`` (default out: runs/benchmarks/training, ignored by git).
 """
 
 from __future__ import annotations
@@ -593,7 +593,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-seconds", type=float, default=540,
                         help="wall-clock bound for the whole run, data preparation included (default 540)")
     parser.add_argument("--work-dir", help="scratch directory (default: a temporary one, deleted at the end)")
-    parser.add_argument("--out", default=str(HERE / "results"), help="where the .md and .json go")
+    parser.add_argument("--out", default=str(HERE.parent.parent / "runs" / "benchmarks" / "training"),
+                        help="where the .md and .json go (default runs/benchmarks/training, ignored by git)")
     parser.add_argument("--worker", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
