@@ -8,6 +8,7 @@ xllama takes the ISO code and asks this module.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from xllama.errors import XllamaError
 
@@ -99,3 +100,30 @@ def parse_pair(spec: str) -> tuple[str, str]:
     if src == tgt:
         raise XllamaError(f"bad language pair {spec!r}: source and target are the same language")
     return src, tgt
+
+
+def expand_languages(obj: Any, languages: list[str]) -> Any:
+    """Expand '{lang}' templates: a mapping key containing it becomes one key per language; a string value
+    containing it (outside such a key) becomes a list; used for per-language data locations in recipes."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(k, str) and "{lang}" in k:
+                for lang in languages:
+                    out[k.replace("{lang}", lang)] = _fill(v, lang)
+            else:
+                out[k] = expand_languages(v, languages)
+        return out
+    if isinstance(obj, list):
+        return [expand_languages(v, languages) for v in obj]
+    if isinstance(obj, str) and "{lang}" in obj:
+        return [obj.replace("{lang}", lang) for lang in languages]
+    return obj
+
+
+def _fill(obj: Any, lang: str) -> Any:
+    if isinstance(obj, dict):
+        return {k: _fill(v, lang) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fill(v, lang) for v in obj]
+    return obj.replace("{lang}", lang) if isinstance(obj, str) else obj

@@ -121,7 +121,7 @@ def spec_dict_from_args(args: argparse.Namespace) -> tuple[dict, str]:
     if args.lang:
         d["languages"] = [code.strip() for code in args.lang.split(",") if code.strip()]
         if "{lang}" in json.dumps(d):  # a training recipe's per-language templates, as `xllama train` expands them
-            from xllama.train.config import expand_languages
+            from xllama.languages import expand_languages
 
             d = expand_languages(d, d["languages"])
     if args.mix:

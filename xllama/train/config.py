@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from xllama.errors import XllamaError
+from xllama.languages import expand_languages
 from xllama.io import load_yaml, read_yaml
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "recipes"
@@ -213,33 +214,6 @@ def _set(tree: dict, keys: list[str], value: Any, text: str) -> None:
         if not isinstance(node, dict):
             raise XllamaError(f"bad --set {text!r}: {k} is not a section")
     node[keys[-1]] = value
-
-
-def expand_languages(obj: Any, languages: list[str]) -> Any:
-    """Expand '{lang}' templates: a mapping key containing it becomes one key per language; a string value
-    containing it (outside such a key) becomes a list; used for per-language data locations in recipes."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if isinstance(k, str) and "{lang}" in k:
-                for lang in languages:
-                    out[k.replace("{lang}", lang)] = _fill(v, lang)
-            else:
-                out[k] = expand_languages(v, languages)
-        return out
-    if isinstance(obj, list):
-        return [expand_languages(v, languages) for v in obj]
-    if isinstance(obj, str) and "{lang}" in obj:
-        return [obj.replace("{lang}", lang) for lang in languages]
-    return obj
-
-
-def _fill(obj: Any, lang: str) -> Any:
-    if isinstance(obj, dict):
-        return {k: _fill(v, lang) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fill(v, lang) for v in obj]
-    return obj.replace("{lang}", lang) if isinstance(obj, str) else obj
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = (), languages: list[str] | None = None) -> Recipe:
