@@ -8,14 +8,15 @@
 - ``prompt_lengths.npy``: ``int32``, tokens of example ``i`` before its first target;
 - ``meta.json``: dtype, counts, vocabulary size.
 
-It is written from the tokenised set (a ``datasets`` table on disk) in batches, appending to the files, so the
-memory used does not grow with the data. Opening it costs no token reads (``np.memmap``). The store is built by
+Tasks tokenise straight into it (:class:`StoreWriter`), batch by batch, appending to the files, so the memory used
+does not grow with the data and the tokens are on disk once. Opening it costs no token reads (``np.memmap``). The store is built by
 one process *before* the process group exists (:func:`prepare_once`): the other processes wait for the finished
 directory on the file system, not in a collective that the NCCL timeout would kill.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -44,46 +45,127 @@ def fill_offsets(offsets: np.ndarray, start: int, base: int, lengths: np.ndarray
     return int(ends[-1]) if len(ends) else int(base)
 
 
+class StoreWriter:
+    """Append tokenised examples to a new store in bounded memory (each batch goes straight to disk).
+
+    Used as a context manager: the directory appears whole when the block ends without error, and not at all
+    otherwise (:func:`xllama.io.atomic_directory`). The number of examples need not be known in advance: lengths
+    are appended to a scratch file and turned into int64 offsets at the end, in chunks. ``stats`` (set by the
+    caller) is written as ``stats.json``.
+
+        with StoreWriter(run.store, len(tokenizer)) as writer:
+            writer.add(input_ids, prompt_lengths)          # lists of token ids, or a 2-D array of equal rows
+            writer.stats = {...}
+    """
+
+    def __init__(self, directory: Path, vocab_size: int, progress: bool = True, desc: str = "token store"):
+        self.directory, self.vocab_size = Path(directory), int(vocab_size)
+        self.dtype = token_dtype(self.vocab_size)
+        self.examples = self.tokens = 0
+        self.segments: list | None = None
+        self.stats: dict | None = None
+        self.meta: dict | None = None
+        self._progress, self._desc = progress, desc
+
+    def __enter__(self) -> "StoreWriter":
+        from tqdm.auto import tqdm
+
+        self._atomic = atomic_directory(self.directory, overwrite=True)
+        self.tmp = self._atomic.__enter__()
+        self._tokens = open(self.tmp / "tokens.bin", "wb")
+        self._lengths = open(self.tmp / "lengths.tmp", "wb")
+        self._prompts = open(self.tmp / "prompt_lengths.tmp", "wb")
+        self._bar = tqdm(desc=self._desc, unit="ex", disable=not self._progress)
+        return self
+
+    def add(self, input_ids, prompt_lengths, segments=None) -> None:
+        """Append examples: ``input_ids`` a list of token-id lists (or a 2-D array, one example per row),
+        ``prompt_lengths`` the tokens of each before its first target; ``segments`` (grouped examples only, e.g.
+        a preference pair) per example ((length, prompt_length), ...) of its sequences."""
+        if isinstance(input_ids, np.ndarray) and input_ids.ndim == 2:
+            lengths = np.full(len(input_ids), input_ids.shape[1], dtype=np.int64)
+            flat = input_ids.reshape(-1)
+        else:
+            lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids))
+            flat = np.fromiter(itertools.chain.from_iterable(input_ids), dtype=np.int64, count=int(lengths.sum()))
+        self.add_flat(flat, lengths, prompt_lengths, segments)
+
+    def add_flat(self, tokens: np.ndarray, lengths: np.ndarray, prompt_lengths, segments=None) -> None:
+        """Append examples given as one flat token array and their lengths."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        prompts = np.asarray(prompt_lengths, dtype=np.int32)
+        if len(prompts) != len(lengths) or int(lengths.sum()) != len(tokens):
+            raise XllamaError(f"token store: {len(lengths)} lengths summing to {int(lengths.sum())}, "
+                              f"{len(prompts)} prompt lengths and {len(tokens)} tokens do not match")
+        if len(tokens) and (int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0):
+            bad = int(tokens.max()) if int(tokens.max()) >= self.vocab_size else int(tokens.min())
+            raise XllamaError(f"token id {bad} is outside the vocabulary ({self.vocab_size})")
+        if segments is not None or self.segments is not None:
+            if segments is None or len(segments) != len(lengths) or (self.segments is None and self.examples):
+                raise XllamaError("token store: segments must be given for every example or for none")
+            self.segments = (self.segments or []) + [[(int(n), int(p)) for n, p in seqs] for seqs in segments]
+        np.asarray(tokens).astype(self.dtype, copy=False).tofile(self._tokens)
+        lengths.tofile(self._lengths)
+        prompts.tofile(self._prompts)
+        self.examples += len(lengths)
+        self.tokens += int(lengths.sum())
+        self._bar.update(len(lengths))
+
+    def __exit__(self, exc_type, exc, tb):
+        self._bar.close()
+        for f in (self._tokens, self._lengths, self._prompts):
+            f.close()
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException as e:
+                self._atomic.__exit__(type(e), e, e.__traceback__)
+                raise
+        return self._atomic.__exit__(exc_type, exc, tb)
+
+    def _finish(self, chunk: int = 1 << 22) -> None:
+        tmp, n = self.tmp, self.examples
+        lengths = np.memmap(tmp / "lengths.tmp", dtype=np.int64, mode="r") if n else np.zeros(0, np.int64)
+        prompts = np.memmap(tmp / "prompt_lengths.tmp", dtype=np.int32, mode="r") if n else np.zeros(0, np.int32)
+        offsets = np.lib.format.open_memmap(tmp / "offsets.npy", mode="w+", dtype=np.int64, shape=(n + 1,))
+        prompt_out = np.lib.format.open_memmap(tmp / "prompt_lengths.npy", mode="w+", dtype=np.int32, shape=(n,))
+        offsets[0], total = 0, 0
+        for start in range(0, n, chunk):  # bounded memory whatever n
+            total = fill_offsets(offsets, start, total, lengths[start : start + chunk])
+            prompt_out[start : start + chunk] = prompts[start : start + chunk]
+        offsets.flush()
+        prompt_out.flush()
+        del offsets, prompt_out, lengths, prompts
+        (tmp / "lengths.tmp").unlink()
+        (tmp / "prompt_lengths.tmp").unlink()
+        if self.segments is not None:
+            atomic_write_json(tmp / "segments.json", self.segments)
+        if self.stats is not None:
+            atomic_write_json(tmp / "stats.json", self.stats)
+        self.meta = {"examples": n, "tokens": total, "dtype": self.dtype.name, "vocab_size": self.vocab_size}
+        atomic_write_json(tmp / "meta.json", self.meta)
+
+
 def write_store(dataset, directory: Path, vocab_size: int, batch_size: int = 16384, progress: bool = True) -> dict:
-    """Write the tokenised ``dataset`` (columns input_ids, prompt_length) as a store in ``directory``."""
+    """Write a tokenised ``datasets`` table (columns input_ids, prompt_length; optionally sequence_lengths and
+    sequence_prompt_lengths) as a store in ``directory``, batch by batch."""
     import pyarrow.compute as pc
-    from tqdm.auto import tqdm
 
     for column in ("input_ids", "prompt_length"):
         if column not in dataset.column_names:
             raise XllamaError(f"tokenised set has no {column!r} column (columns: {', '.join(dataset.column_names)})")
-    dtype = token_dtype(vocab_size)
-    n = len(dataset)
-    total = 0
-    with atomic_directory(Path(directory), overwrite=True) as tmp:
-        offsets = np.lib.format.open_memmap(tmp / "offsets.npy", mode="w+", dtype=np.int64, shape=(n + 1,))
-        prompts = np.lib.format.open_memmap(tmp / "prompt_lengths.npy", mode="w+", dtype=np.int32, shape=(n,))
-        offsets[0] = 0
-        done = 0
-        bar = tqdm(total=n, desc="token store", unit="ex", disable=not progress)
-        with open(tmp / "tokens.bin", "wb") as f:
-            for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
-                ids = batch.column("input_ids").combine_chunks()
-                values = ids.flatten().to_numpy(zero_copy_only=False)
-                if len(values) and int(values.max()) >= vocab_size:
-                    raise XllamaError(f"token id {int(values.max())} is outside the vocabulary ({vocab_size})")
-                values.astype(dtype, copy=False).tofile(f)
-                lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
-                total = fill_offsets(offsets, done, total, lengths)
-                prompts[done : done + len(lengths)] = batch.column("prompt_length").to_numpy()
-                done += len(lengths)
-                bar.update(len(lengths))
-        bar.close()
-        offsets.flush()
-        prompts.flush()
-        del offsets, prompts
-        if "sequence_lengths" in dataset.column_names:  # grouped examples (preference pairs): small sets
-            segments = [list(zip(map(int, a), map(int, b))) for a, b in
-                        zip(dataset["sequence_lengths"], dataset["sequence_prompt_lengths"])]
-            atomic_write_json(tmp / "segments.json", segments)
-        meta = {"examples": n, "tokens": total, "dtype": dtype.name, "vocab_size": vocab_size}
-        atomic_write_json(tmp / "meta.json", meta)
-    return meta
+    grouped = "sequence_lengths" in dataset.column_names
+    with StoreWriter(directory, vocab_size, progress=progress) as writer:
+        for batch in dataset.with_format("arrow").iter(batch_size=batch_size):
+            ids = batch.column("input_ids").combine_chunks()
+            segments = None
+            if grouped:
+                segments = [list(zip(a, b)) for a, b in zip(batch.column("sequence_lengths").to_pylist(),
+                                                            batch.column("sequence_prompt_lengths").to_pylist())]
+            writer.add_flat(ids.flatten().to_numpy(zero_copy_only=False),
+                            pc.list_value_length(ids).to_numpy(zero_copy_only=False),
+                            batch.column("prompt_length").to_numpy(), segments)
+    return writer.meta
 
 
 def open_store(directory: Path):
