@@ -7,6 +7,7 @@ The monolingual text of stage 1 is one side of each of ALMA's human-written para
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,46 @@ def stage2_recipe(tmp: Path, shared: Path, model: Path, lora: bool = False):
 # ---------------------------------------------------------------------------------------------- stage 1
 
 
-def test_monolingual_blocks_follow_budget_and_ratios(shared, tokenizer):
-    from xllama.alma.data import allocate_blocks, load_monolingual, parse_spec, tokenize_monolingual
+def stage1_store(text, tokenizer, spec, max_length: int, directory: Path):
+    """Stage 1 written to a token store in ``directory`` -> (blocks as rows of a 2-D array, prompt lengths, stats)."""
+    import numpy as np
+
+    from xllama.alma.data import tokenize_monolingual
+    from xllama.train.store import StoreWriter, open_store
+
+    with StoreWriter(directory, len(tokenizer), progress=False) as writer:
+        stats = tokenize_monolingual(text, tokenizer, spec, max_length, writer)
+    store = open_store(directory)
+    return np.asarray(store.ids).reshape(len(store), -1), np.asarray(store.prompt_lengths), stats
+
+
+def reference_blocks(text, tokenizer, spec, block: int):
+    """Stage 1 computed as xllama did before the store (every language's tokens in memory, ``Generator.choice``
+    per language in order): the streamed version must give exactly these blocks."""
+    import numpy as np
+
+    from xllama.alma.data import allocate_blocks, language_shares
+
+    streams = {lang: [] for lang in spec.languages}
+    rows = text.to_dict()
+    for lang, ids in zip(rows["lang"], tokenizer(rows["text"])["input_ids"]):
+        streams[lang] += ids + [tokenizer.eos_token_id]
+    tokens = {lang: len(stream) for lang, stream in streams.items()}
+    quota = allocate_blocks(language_shares(spec, tokens), spec.token_budget // block)
+    rng, chosen = np.random.default_rng(spec.seed), []
+    for lang in spec.languages:
+        n = tokens[lang] // block
+        blocks = np.asarray(streams[lang][: n * block]).reshape(n, block)
+        repeats, rest = divmod(quota[lang], n)
+        chosen.append(blocks[np.concatenate([np.tile(np.arange(n), repeats),
+                                             np.sort(rng.choice(n, size=rest, replace=False))]).astype(np.int64)])
+    return np.concatenate(chosen)
+
+
+def test_monolingual_blocks_follow_budget_and_ratios(shared, tokenizer, tmp_path):
+    import numpy as np
+
+    from xllama.alma.data import allocate_blocks, load_monolingual, parse_spec
 
     data = {"mix": "alma", "monolingual": {"de": str(shared / PAIRS / "deen/train.de-en.de"),
                                            "zh": str(shared / PAIRS / "zhen/train.zh-en.zh"),
@@ -99,30 +138,33 @@ def test_monolingual_blocks_follow_budget_and_ratios(shared, tokenizer):
     spec = parse_spec(data, "alma-monolingual")
     text, manifest = load_monolingual(spec, max_length=128)
     assert manifest["languages"]["de"]["documents"] == 200 and len(text) == 600
-    blocks, stats = tokenize_monolingual(text, tokenizer, spec, max_length=128)
+    assert text.cache_files  # memory-mapped from an Arrow file, not built in memory
+    blocks, prompt_lengths, stats = stage1_store(text, tokenizer, spec, 128, tmp_path / "store")
 
-    assert len(blocks) == 6400 // 64 == stats["examples"]
-    assert set(blocks["prompt_length"]) == {0}  # loss on every token
-    assert all(len(ids) == 64 for ids in blocks["input_ids"])
+    assert blocks.shape == (6400 // 64, 64) and stats["examples"] == 100 and stats["tokens"] == 6400
+    assert set(prompt_lengths.tolist()) == {0}  # loss on every token
     expected = allocate_blocks({"de": 0.20 / 0.56, "zh": 0.19 / 0.56, "en": 0.17 / 0.56}, 100)
     assert {lang: s["blocks"] for lang, s in stats["languages"].items()} == expected
     assert sum(expected.values()) == 100
+    np.testing.assert_array_equal(blocks, reference_blocks(text, tokenizer, spec, 64))
     # documents are separated by EOS, and Chinese blocks hold Chinese text
-    eos = tokenizer.eos_token_id
-    assert sum(ids.count(eos) for ids in blocks["input_ids"]) > 100
-    zh_blocks = [tokenizer.decode(ids) for ids in blocks["input_ids"][expected["de"]:expected["de"] + expected["zh"]]]
+    assert (blocks == tokenizer.eos_token_id).sum() > 100
+    zh_blocks = [tokenizer.decode(ids) for ids in blocks[expected["de"]:expected["de"] + expected["zh"]]]
     assert all(any("\u4e00" <= ch <= "\u9fff" for ch in b) for b in zh_blocks)
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]  # the scratch token files are gone
 
 
-def test_temperature_sampling_and_repetition(shared, tokenizer):
-    from xllama.alma.data import load_monolingual, parse_spec, tokenize_monolingual
+def test_temperature_sampling_and_repetition(shared, tokenizer, tmp_path):
+    import numpy as np
+
+    from xllama.alma.data import load_monolingual, parse_spec
 
     data = {"monolingual": {"de": str(shared / PAIRS / "deen/train.de-en.de"),
                             "is": str(shared / PAIRS / "isen/train.is-en.is")},
-            "temperature": 3, "token_budget": "20K", "block_size": 32, "max_documents": 40}
+            "temperature": 3, "token_budget": "20K", "block_size": 32, "max_documents": 40, "seed": 5}
     spec = parse_spec(data, "alma-monolingual")
     text, _ = load_monolingual(spec, max_length=32)
-    blocks, stats = tokenize_monolingual(text, tokenizer, spec, max_length=32)
+    blocks, _, stats = stage1_store(text, tokenizer, spec, 32, tmp_path / "store")
     tokens = {lang: s["tokens_available"] for lang, s in stats["languages"].items()}
     weights = {lang: t ** (1 / 3) for lang, t in tokens.items()}
     for lang, s in stats["languages"].items():
@@ -130,6 +172,114 @@ def test_temperature_sampling_and_repetition(shared, tokenizer):
     # 625 blocks wanted from 40 documents per language: the text is repeated, and says so
     assert len(blocks) == 20000 // 32
     assert all(s["epochs"] > 1 for s in stats["languages"].values())
+    np.testing.assert_array_equal(blocks, reference_blocks(text, tokenizer, spec, 32))
+
+
+def test_stage1_errors_leave_no_store_and_no_scratch(shared, tokenizer, tmp_path):
+    from xllama.alma.data import load_monolingual, parse_spec
+
+    short = tmp_path / "short.is"
+    short.write_text("Halló.\n", encoding="utf-8")
+    spec = parse_spec({"monolingual": {"de": str(shared / PAIRS / "deen/train.de-en.de"), "is": str(short)},
+                       "ratios": {"de": 1, "is": 1}, "token_budget": 4096, "block_size": 64, "max_documents": 50},
+                      "alma-monolingual")
+    text, _ = load_monolingual(spec, max_length=64)
+    out = tmp_path / "run"
+    with pytest.raises(XllamaError, match=r"monolingual\.is: its share is 32 blocks .*less than one block"):
+        stage1_store(text, tokenizer, spec, 64, out / "store")
+    assert not out.exists() or not any(out.iterdir())
+    with pytest.raises(XllamaError, match=r"block_size \(64\) exceeds train\.max_length \(32\)"):
+        stage1_store(text, tokenizer, spec, 32, out / "store")
+    other = parse_spec({"monolingual": {"de": "x"}, "token_budget": 4096, "block_size": 64}, "alma-monolingual")
+    with pytest.raises(XllamaError, match="the run's text has language 'is', which the recipe does not list"):
+        stage1_store(text, tokenizer, other, 64, out / "store")
+    assert not out.exists() or not any(out.iterdir())
+    empty = tmp_path / "empty.de"
+    empty.write_text("\n  \n", encoding="utf-8")
+    spec = parse_spec({"monolingual": {"de": str(empty)}, "token_budget": 10}, "alma-monolingual")
+    with pytest.raises(XllamaError, match=r"monolingual\.de: no non-empty documents"):
+        load_monolingual(spec, max_length=64)
+
+
+STAGE1_CHILD = """
+import json, resource, sys, threading, time
+from pathlib import Path
+
+import datasets, numpy, pyarrow, tqdm.auto  # noqa: F401  (imported before the baseline)
+from xllama.alma.data import load_monolingual, parse_spec, tokenize_monolingual
+from xllama.train.store import StoreWriter
+
+corpus, out = Path(sys.argv[1]), Path(sys.argv[2])
+
+
+class ByteTokenizer:
+    # ids = the UTF-8 bytes, then BOS 256 and EOS 257 (byte-level, as ByT5): tens of MB of text in seconds
+    eos_token_id, is_fast = 257, False
+
+    def __len__(self):
+        return 258
+
+    def __call__(self, texts, add_special_tokens=True, return_attention_mask=False):
+        return {"input_ids": [[256, *t.encode()] for t in texts]}
+
+
+def anon_mib():  # memory the process must hold (not file pages the kernel may drop)
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+
+
+peak, done = [anon_mib()], threading.Event()
+
+
+def sample():
+    while not done.is_set():
+        peak.append(anon_mib())
+        time.sleep(0.005)
+
+
+threading.Thread(target=sample, daemon=True).start()
+base_anon, base_rss = anon_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+spec = parse_spec({"monolingual": {"de": str(corpus / "de.txt"), "en": str(corpus / "en.txt")},
+                   "ratios": {"de": 0.5, "en": 0.5}, "token_budget": "4M", "block_size": 256}, "alma-monolingual")
+text, _ = load_monolingual(spec, 256)
+with StoreWriter(out, 258, progress=False) as writer:
+    stats = tokenize_monolingual(text, ByteTokenizer(), spec, 256, writer)
+done.set()
+print(json.dumps({"anon_mib": max(peak) - base_anon, "tokens": sum(s["tokens_available"] for s in
+                  stats["languages"].values()), "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                  - base_rss}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads RssAnon from /proc (Linux)")
+def test_stage1_memory_does_not_grow_with_the_corpus(tmp_path):
+    """Stage 1 on 20M characters (2 languages, 133K documents) in a child process: the tokens go to scratch files
+    and the store, not to RAM. The in-memory version (every document a Python string, every language's tokens in
+    arrays) needed +298 MiB of anonymous memory and +300 MiB peak RSS for this corpus; the streamed one +29 MiB and
+    +57 MiB (file pages of the memory-mapped text and scratch files included), on the 2-core dev box (load 8)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz    ", np.uint8)
+    for lang in ("de", "en"):
+        text = letters[rng.integers(0, len(letters), 10_000_000)]
+        text[rng.integers(0, len(text), len(text) // 150)] = ord("\n")  # documents of ~150 characters
+        text.tofile(tmp_path / f"{lang}.txt")
+    (tmp_path / "child.py").write_text(STAGE1_CHILD, encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(tmp_path), str(tmp_path / "store")],
+                          capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["tokens"] > 20_000_000  # bytes + BOS/EOS: the whole corpus was tokenised
+    assert result["anon_mib"] < 60, result
+    assert result["rss_mib"] < 120, result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.py", "de.txt", "en.txt", "store"]
 
 
 def test_hub_corpora_stream_from_a_mirror(tmp_path, monkeypatch):
@@ -158,25 +308,36 @@ def test_hub_corpora_stream_from_a_mirror(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- stage 2
 
 
-def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer):
-    from xllama.alma.data import load_parallel_text, parse_spec, tokenize_translations
-    from xllama.prompts import alma_prompt
-    from xllama.train.packing import TokenStore, packed_row
+def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer, tmp_path):
+    """Stage 2 through the task protocol: ``tokenize(text, tokenizer, recipe, writer)`` fills the token store."""
+    import numpy as np
 
-    spec = parse_spec({"parallel": {"de-en": str(shared / PAIRS / "deen"), "zh-en": str(shared / PAIRS / "zhen")},
-                       "valid": {"de-en": str(shared / PAIRS / "deen/valid.de-en.json")},
-                       "sizes": 15, "valid_sizes": 5}, "alma-parallel")
-    text, manifest = load_parallel_text(spec)
+    from xllama.alma.data import load_text, tokenize, tokenize_translations
+    from xllama.prompts import alma_prompt
+    from xllama.train.packing import packed_row
+    from xllama.train.store import StoreWriter, open_store
+
+    def edit(raw):
+        raw["data"] = {"parallel": {"de-en": str(shared / PAIRS / "deen"), "zh-en": str(shared / PAIRS / "zhen")},
+                       "valid": {"de-en": str(shared / PAIRS / "deen/valid.de-en.json")}, "sizes": 15,
+                       "valid_sizes": 5}
+        raw["train"]["max_length"] = 512
+
+    recipe = load(recipe_file(tmp_path, "alma-quickstart-stage2", shared, edit))
+    text, manifest = load_text(recipe)
     assert manifest["by_direction"]["train"] == {"de-en": 15, "en-de": 15, "zh-en": 15, "en-zh": 15}
     assert manifest["by_direction"]["valid"] == {"de-en": 5, "en-de": 5}
-    examples, stats = tokenize_translations(text, tokenizer, max_length=512)
-    assert stats["examples"] == len(examples) == 60 and stats["boundary_merged"] == 0
+    with StoreWriter(tmp_path / "store", len(tokenizer), progress=False) as writer:
+        stats = tokenize(text, tokenizer, recipe, writer)
+    store = open_store(tmp_path / "store")
+    assert stats["examples"] == len(store) == 60 and stats["boundary_merged"] == 0
+    assert stats["target_tokens"] == int((store.lengths - store.prompt_lengths).sum())
 
     rows = [r for r in text if r["split"] == "train"]
-    store = TokenStore.from_dataset(examples)
     eos = tokenizer.eos_token_id
     for i, row in enumerate(rows):
-        ids, plen = examples[i]["input_ids"], examples[i]["prompt_length"]
+        ids = np.asarray(store.ids[store.offsets[i]:store.offsets[i + 1]]).tolist()
+        plen = int(store.prompt_lengths[i])
         prompt = alma_prompt(row["src"], row["tgt"], row["source"])
         assert tokenizer.decode(ids[:plen]) == prompt
         assert ids[-1] == eos and eos not in ids[:-1]
@@ -186,6 +347,13 @@ def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer):
         trained = labels[labels != -100]
         assert trained.tolist() == ids[plen:]
         assert tokenizer.decode(trained[:-1]) == " " + row["target"]
+
+    # the validation pairs, in memory with their direction (checkpoint selection)
+    valid, valid_stats = tokenize_translations(text, tokenizer, 512, split="valid", keep_direction=True)
+    assert len(valid) == valid_stats["examples"] == 10
+    assert sorted(set(valid["direction"])) == ["de-en", "en-de"]
+    with pytest.raises(XllamaError, match="no valid example fits in train.max_length=8 tokens"):
+        tokenize_translations(text, tokenizer, 8, split="valid")
 
 
 def test_recipes_load_and_validate():
@@ -277,7 +445,7 @@ def test_stage1_stage2_translate_end_to_end(shared, stage1, tmp_path):
     from xllama.alma.stage2 import train_and_select
     from xllama.cli import main
 
-    stats = json.loads((stage1 / "tokenized/stats.json").read_text())
+    stats = json.loads((stage1 / "store/stats.json").read_text())
     assert stats["task"] == "alma-monolingual" and set(stats["languages"]) == {"de", "cs", "is", "zh", "ru", "en"}
 
     recipe = stage2_recipe(tmp_path, shared, stage1 / "final")

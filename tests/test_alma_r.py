@@ -80,13 +80,18 @@ def cpo_recipe(tmp: Path, model: Path, data: str, **train):
 
 
 def store_of(tokenizer, triplets, max_length=256):
-    """Triplet records -> the token store the trainer packs (through the task's own tokenize)."""
+    """Triplet records -> the token store the trainer packs (through the task's own tokenize and the on-disk
+    store, read back into memory)."""
+    import tempfile
+
+    import numpy as np
     import pyarrow as pa
     from datasets import Dataset
 
     from xllama.alma.cpo import tokenize
     from xllama.train.config import Recipe, TrainConfig
     from xllama.train.packing import TokenStore
+    from xllama.train.store import StoreWriter, open_store
 
     cols = {"src": [], "tgt": [], "source": [], "preferred": [], "dispreferred": []}
     for t in triplets:
@@ -95,8 +100,15 @@ def store_of(tokenizer, triplets, max_length=256):
                      ("dispreferred", t["dispreferred"])):
             cols[k].append(v)
     recipe = Recipe(task="alma-cpo", train=TrainConfig(max_length=max_length, micro_batch_tokens=4 * max_length))
-    dataset, _ = tokenize(Dataset(pa.table(cols)), tokenizer, recipe)
-    return TokenStore.from_dataset(dataset)
+    with tempfile.TemporaryDirectory() as tmp:
+        with StoreWriter(Path(tmp) / "store", len(tokenizer), progress=False) as writer:
+            stats = tokenize(Dataset(pa.table(cols)), tokenizer, recipe, writer)
+        store = open_store(Path(tmp) / "store")
+        assert stats["examples"] == len(store) == len(triplets)
+        assert stats["preferred_target_tokens"] == sum(n - p for (n, p), _ in store.segments)
+        assert stats["dispreferred_target_tokens"] == sum(n - p for _, (n, p) in store.segments)
+        return TokenStore(np.array(store.ids), np.array(store.offsets), np.array(store.prompt_lengths),
+                          store.segments)
 
 
 def tiny_model(tokenizer, seed=0):
@@ -240,11 +252,9 @@ def test_training_raises_the_preference_margin(pairs, tokenizer, base_model, tmp
     assert summary["status"] == "completed" and summary["steps"] == 12
     records = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert {"preference_accuracy", "reward_margin", "nll_loss", "preference_loss"} <= set(records[0])
-    from datasets import load_from_disk
+    from xllama.train.store import open_store
 
-    from xllama.train.packing import TokenStore
-
-    store = TokenStore.from_dataset(load_from_disk(str(RunDir(tmp_path / "run").tokenized)))
+    store = open_store(RunDir(tmp_path / "run").store)
     before = margins(load_model(str(base_model), dtype="float32"), store)
     after = margins(load_model(str(tmp_path / "run/final"), dtype="float32"), store)
     assert after > before + 1.0, (before, after)
@@ -394,7 +404,7 @@ def test_micro_batch_must_hold_a_triplet(tokenizer):
 
     recipe = Recipe(task="alma-cpo", train=TrainConfig(max_length=128, micro_batch_tokens=200))
     with pytest.raises(XllamaError, match="at least 2 x train.max_length"):
-        tokenize(None, tokenizer, recipe)
+        tokenize(None, tokenizer, recipe, writer=None)
 
 
 def test_candidate_scorers_comet_and_the_chrf_fallback(tmp_path, monkeypatch):

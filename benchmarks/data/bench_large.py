@@ -31,7 +31,8 @@ def generate(folder: Path, pairs: int, seed: int = 0) -> None:
     vocab_de = [f"v{i}" for i in range(20000)]
     cum_weights = list(itertools.accumulate(1.0 / (i + 1) for i in range(20000)))  # Zipf-like
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "corpus.en", "w", encoding="utf-8") as en, open(folder / "corpus.de", "w", encoding="utf-8") as de:
+    with open(folder / "corpus.en", "w", encoding="utf-8") as en, \
+            open(folder / "corpus.de", "w", encoding="utf-8") as de:
         previous = ("a b c", "d e f")
         for i in range(pairs):
             if i and rng.random() < 0.01:
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dir", required=True, help="working folder (corpus and mix are written here)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    folder = Path(args.dir)
+    folder = Path(args.dir).resolve()
     corpus = folder / "corpus"
     if not (folder / "corpus.en").is_file() or sum(1 for _ in open(folder / "corpus.en", "rb")) != args.pairs:
         started = time.perf_counter()
@@ -62,10 +63,14 @@ def main(argv=None) -> int:
            "--no-guard", "--accept-language-mismatch", "--out", str(out), "--overwrite", "--quiet"]
     load_start = os.getloadavg()
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # The child runs in the working folder: `python -m` puts the current directory first on sys.path, so run
+    # from the repository root it would import that checkout even with an older one on PYTHONPATH.
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = {"pairs": args.pairs, "returncode": proc.returncode, "wall_s": round(wall, 1),
+    which = subprocess.run([sys.executable, "-c", "import xllama; print(xllama.__file__)"], capture_output=True,
+                           text=True, cwd=folder).stdout.strip()
+    result = {"pairs": args.pairs, "xllama": which, "returncode": proc.returncode, "wall_s": round(wall, 1),
               "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "pairs_per_s": round(args.pairs / wall),
               "peak_rss_mib": round(usage.ru_maxrss / 1024), "load_start": load_start, "load_end": os.getloadavg(),
               "stdout": proc.stdout[-2000:], "stderr": proc.stderr[-2000:]}

@@ -5,15 +5,20 @@ zh-en pairs posed as en->zh translation instructions, FLORES-101/XQuAD guard), f
 Tokenizer: the shared SmolLM2 tokenizer (``xllama.modeling.load_tokenizer`` on the GGUF file).
 
 - xllama: ``xllama.data.tokenize.encode_pairs``: prompts and responses tokenised separately, in large batches,
-  by the Rust fast tokenizer; the mask is the prompt length (labels = -100 over the prompt).
+  by the Rust fast tokenizer; the mask is the prompt length (labels = -100 over the prompt). The Alpaca
+  template's ids are computed once and spliced around the tokenised instruction/input where that is exact.
+- before: ``encode_pairs`` as it was before the template splicing (copied below as ``previous_encode_pairs``):
+  whole prompts tokenised. Its ids and prompt lengths must equal the new code's on every row, or the run fails.
+- pipeline: ``tokenize_instructions`` writing a token store (``StoreWriter``), the trainer's data stage.
 - reference: Stanford Alpaca's ``preprocess`` (copied by x-LLM): a *slow* pure-Python tokenizer, one string at
   a time, tokenising the source and source+target separately and masking ``len(tokenize(source))`` tokens.
   The slow tokenizer is a ``transformers.GPT2Tokenizer`` built from the fast tokenizer's own vocab and merges
   (checked to give the same ids on every text of the reference subsample). It is slow, so it is timed on the
   first ``--reference-examples`` examples of the same rows; both are reported in examples/s.
 
-Both ways run in the same process, one after the other, ``--repeats`` times each (median reported), with wall
-and CPU time (CPU time is less sensitive to other processes on a shared machine). Then the
+All ways run in the same process, ``--repeats`` times each (median reported), with wall and CPU time (CPU time
+is less sensitive to other processes on a shared machine); before, xllama and the pipeline take turns (before,
+xllama, pipeline, before, ...), so a change in the machine's load falls on all three alike. Then the
 labels of the two ways are compared: on the reference subsample against the slow tokenizer's real output, and
 on all rows with the reference's rule applied by the fast tokenizer.
 
@@ -77,28 +82,78 @@ def slow_tokenizer_like(fast, workdir: Path):
     )
 
 
-# --- the two ways --------------------------------------------------------------------------------------------
+# --- the ways -------------------------------------------------------------------------------------------------
 
-def xllama_way(tokenizer, instructions, inputs, outputs, max_length, batch_size=2000):
-    """xllama: Alpaca prompts, then ``encode_pairs`` (batched Rust tokenizer; the mask is the prompt length), in
-    batches of ``tokenize_instructions``' default size."""
+def previous_batch_encode(tokenizer, texts, add_special_tokens):
+    """``xllama.data.tokenize.batch_encode`` before the template splicing (the baseline), verbatim."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if getattr(tokenizer, "is_fast", False) and hasattr(backend, "encode_batch_fast"):
+        if backend.padding is not None or backend.truncation is not None:
+            backend.no_padding()
+            backend.no_truncation()
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
+    return tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
+
+
+def previous_encode_pairs(tokenizer, prompts, responses, max_length, add_eos=True):
+    """``xllama.data.tokenize.encode_pairs`` before the template splicing (the baseline), verbatim: every prompt
+    is tokenised whole. Returns (ids, prompt lengths, None): the stats object is not needed here."""
+    enc_p = previous_batch_encode(tokenizer, prompts, add_special_tokens=True)
+    enc_r = previous_batch_encode(tokenizer, responses, add_special_tokens=False)
+    eos = [tokenizer.eos_token_id] if add_eos else []
+    ids_out, plen_out = [], []
+    for p, r in zip(enc_p, enc_r):
+        ids = p + r + eos
+        if len(ids) > max_length:
+            ids = ids[:max_length]
+        if len(ids) <= len(p):
+            continue
+        ids_out.append(ids)
+        plen_out.append(len(p))
+    return ids_out, plen_out, None
+
+
+def xllama_way(tokenizer, instructions, inputs, outputs, max_length, batch_size=2000, encode=None):
+    """xllama: Alpaca prompts, then ``encode_pairs`` (or ``encode``, e.g. the previous version; batched Rust
+    tokenizer; the mask is the prompt length), in batches of ``tokenize_instructions``' default size."""
     from xllama.data.tokenize import encode_pairs
     from xllama.prompts import alpaca_prompt
 
+    encode = encode or encode_pairs
     ids, prompt_lengths = [], []
     for k in range(0, len(outputs), batch_size):
         prompts = [alpaca_prompt(i, x) for i, x in zip(instructions[k:k + batch_size], inputs[k:k + batch_size])]
-        batch_ids, batch_lengths, _ = encode_pairs(tokenizer, prompts, outputs[k:k + batch_size], max_length)
+        batch_ids, batch_lengths, _ = encode(tokenizer, prompts, outputs[k:k + batch_size], max_length)
         ids += batch_ids
         prompt_lengths += batch_lengths
     return ids, prompt_lengths
 
 
-def xllama_pipeline(tokenizer, dataset, max_length):
-    """xllama's data stage as the trainer runs it: ``tokenize_instructions`` (datasets.map, Arrow output)."""
+def xllama_pipeline(tokenizer, dataset, max_length, directory: Path):
+    """xllama's data stage as the trainer runs it: ``tokenize_instructions`` into a ``StoreWriter`` (a token store
+    on disk: tokens.bin, offsets, prompt lengths). Returns the store's directory."""
     from xllama.data.tokenize import tokenize_instructions
+    from xllama.train.store import StoreWriter
 
-    return tokenize_instructions(dataset, tokenizer, max_length)[0]
+    with StoreWriter(directory, len(tokenizer), progress=False) as writer:
+        writer.stats = tokenize_instructions(dataset, tokenizer, max_length, writer)
+    return directory
+
+
+def store_equals(directory: Path, ids, prompt_lengths) -> bool:
+    """Whether the token store holds exactly these examples (ids and prompt lengths, in order)."""
+    import itertools
+
+    import numpy as np
+
+    from xllama.train.store import open_store
+
+    store = open_store(directory)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    return (len(store.offsets) == len(ids) + 1 and np.array_equal(np.diff(store.offsets), lengths)
+            and np.array_equal(np.asarray(store.ids, dtype=np.int64), flat)
+            and np.array_equal(np.asarray(store.prompt_lengths), np.asarray(prompt_lengths)))
 
 
 def label_lists(ids, prompt_lengths):
@@ -198,6 +253,16 @@ def timed(fn, repeats: int):
     return result, seconds, cpu
 
 
+def timed_in_turns(fns: dict, repeats: int) -> dict:
+    """Like ``timed`` for several ways, taking turns (a, b, c, a, b, c, ...): name -> (result, wall, CPU)."""
+    out = {name: (None, [], []) for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            result, seconds, cpu = timed(fn, 1)
+            out[name] = (result, out[name][1] + seconds, out[name][2] + cpu)
+    return out
+
+
 def machine() -> dict:
     import tokenizers
     import transformers
@@ -225,6 +290,7 @@ def main(argv=None) -> int:
     shared = Path(args.shared) if args.shared else shared_dir()
     tokenizer_spec = args.tokenizer or str(shared / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
     load_before = os.getloadavg()
+    run_wall, run_cpu = time.perf_counter(), time.process_time()
 
     started = time.perf_counter()
     dataset, manifest = build_zh_mix(shared)
@@ -241,19 +307,35 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:  # GPT2Tokenizer reads its files at once
         slow = slow_tokenizer_like(fast, Path(tmp))
 
-    # xllama's way on all n examples: encode_pairs itself, and the datasets pipeline the trainer runs.
-    (ids, plen), xllama_s, xllama_cpu = timed(
-        lambda: xllama_way(fast, instructions, inputs, outputs, args.max_length), args.repeats)
-    _, labels_s, labels_cpu = timed(lambda: label_lists(ids, plen), args.repeats)
-    print(f"xllama encode_pairs: {n:,} examples in {statistics.median(xllama_s):.2f}s (median of {args.repeats})",
-          flush=True)
+    # xllama's way on all n examples, taking turns: the previous encode_pairs, the new one, and the trainer's
+    # data stage (tokenize_instructions into a token store on disk).
     import datasets
 
     datasets.disable_progress_bars()
     subset = dataset.select(range(n))
-    tokenized, pipeline_s, pipeline_cpu = timed(lambda: xllama_pipeline(fast, subset, args.max_length), args.repeats)
-    assert tokenized["input_ids"] == ids and tokenized["prompt_length"] == plen, "pipeline and encode_pairs differ"
-    del tokenized
+    with tempfile.TemporaryDirectory(prefix="bench-tokenize-store-") as tmp:
+        store = Path(tmp) / "store"
+        runs = timed_in_turns({
+            "before": lambda: xllama_way(fast, instructions, inputs, outputs, args.max_length,
+                                         encode=previous_encode_pairs),
+            "xllama": lambda: xllama_way(fast, instructions, inputs, outputs, args.max_length),
+            "pipeline": lambda: xllama_pipeline(fast, subset, args.max_length, store),
+        }, args.repeats)
+        (ids, plen), xllama_s, xllama_cpu = runs["xllama"]
+        before, before_s, before_cpu = runs["before"]
+        _, pipeline_s, pipeline_cpu = runs["pipeline"]
+        # The speed-up must not change a single id: the new encode_pairs against the previous one on all rows,
+        # and the trainer's token store against encode_pairs.
+        identical_to_before = before == (ids, plen)
+        store_identical = store_equals(store, ids, plen)
+    del before
+    if not (identical_to_before and store_identical):
+        raise SystemExit(f"ids differ: new encode_pairs == previous: {identical_to_before}; token store == "
+                         f"encode_pairs: {store_identical}")
+    _, labels_s, labels_cpu = timed(lambda: label_lists(ids, plen), args.repeats)
+    print(f"xllama encode_pairs: {n:,} examples in {statistics.median(xllama_s):.2f}s, before "
+          f"{statistics.median(before_s):.2f}s, pipeline {statistics.median(pipeline_s):.2f}s "
+          f"(medians of {args.repeats}); identical ids and prompt lengths", flush=True)
 
     # The reference's way on the first m examples.
     m = min(args.reference_examples, n)
@@ -284,6 +366,7 @@ def main(argv=None) -> int:
     ways = {  # name -> (examples, wall seconds, cpu seconds)
         "reference": (m, reference_s, reference_cpu),
         "reference_fast_tokenizer": (m, reference_fast_s, reference_fast_cpu),
+        "before": (n, before_s, before_cpu),
         "xllama": (n, xllama_s, xllama_cpu),
         "xllama_with_label_lists": (n, [a + b for a, b in zip(xllama_s, labels_s)],
                                     [a + b for a, b in zip(xllama_cpu, labels_cpu)]),
@@ -294,10 +377,14 @@ def main(argv=None) -> int:
     base = figures["reference"]["examples_per_s"]
     result = {
         "machine": {**machine(), "load_average_before": [round(x, 2) for x in load_before]},
+        "run_wall_seconds": time.perf_counter() - run_wall, "run_cpu_seconds": time.process_time() - run_cpu,
         "tokenizer": tokenizer_spec, "max_length": args.max_length, "mix_examples": len(dataset),
         "mix_by_source": manifest["by_source"], "examples": n, "reference_examples": m, "repeats": args.repeats,
         **figures,
         "speedup": figures["xllama"]["examples_per_s"] / base,
+        "speedup_vs_before": figures["xllama"]["examples_per_s"] / figures["before"]["examples_per_s"],
+        "speedup_vs_before_cpu": figures["xllama"]["examples_per_cpu_s"] / figures["before"]["examples_per_cpu_s"],
+        "identical_to_before": identical_to_before, "store_identical": store_identical,
         "slow_equals_fast": {"texts": m, "identical": slow_equal},
         "agreement_reference_subsample": agreement_sub,
         "agreement_all_reference_rule_fast": agreement_all,
@@ -306,13 +393,15 @@ def main(argv=None) -> int:
     labels = {
         "reference": "reference: Alpaca `preprocess`, slow GPT2Tokenizer, one example at a time",
         "reference_fast_tokenizer": "same code with the fast tokenizer (for context)",
-        "xllama": "**xllama `encode_pairs`**, batches of 2,000 (ids + prompt_length)",
+        "before": "xllama `encode_pairs` before template splicing (whole prompts), batches of 2,000",
+        "xllama": "**xllama `encode_pairs`** (template spliced), batches of 2,000 (ids + prompt_length)",
         "xllama_with_label_lists": "xllama `encode_pairs` + explicit label lists",
-        "xllama_pipeline": "xllama `tokenize_instructions` (datasets.map, Arrow output: the trainer's path)",
+        "xllama_pipeline": "xllama `tokenize_instructions` into a `StoreWriter` token store (the trainer's path)",
     }
     lines = [
         f"x-LLaMA zh mix (shared data), SmolLM2 tokenizer, max length {args.max_length}; {mach['cpu']}, "
         f"{mach['cpu_cores']} cores, load average {load_before[0]:.1f} before, {mach['load_average'][0]:.1f} after; "
+        f"whole run {result['run_wall_seconds']:.0f} s wall, {result['run_cpu_seconds']:.0f} s CPU; "
         f"median of {args.repeats} timings",
         "",
         "| way | examples timed | wall s (median; range) | CPU s | examples/s | vs reference | examples/CPU-s |",
@@ -325,6 +414,10 @@ def main(argv=None) -> int:
                      f"{max(f['seconds']):.2f}) | {med(f['cpu_seconds']):.2f} | {bold}{eps:,.0f}{bold} "
                      f"| {bold}{eps / base:.1f}x{bold} | {f['examples_per_cpu_s']:,.0f} |")
     lines += [
+        "",
+        f"New `encode_pairs` vs before: {result['speedup_vs_before']:.2f}x examples/s, "
+        f"{result['speedup_vs_before_cpu']:.2f}x examples/CPU-s; ids and prompt lengths identical on all {n:,} rows "
+        f"(and the token store's on all rows).",
         "",
         f"Slow tokenizer check: {slow_equal:,}/{m:,} source+target texts give ids identical to the fast tokenizer's.",
         "",

@@ -429,17 +429,17 @@ def token_budget(unit: Unit, work: Path) -> dict:
     path = work / "budget.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    from datasets import load_from_disk
+    from xllama.train.store import open_store
 
-    tokenized = load_from_disk(str(work / "dry" / "tokenized"))
-    tokens = sum(len(ids) for ids in tokenized["input_ids"])
-    budget = {"token_budget": unit.token_budget, "examples": len(tokenized), "tokens_per_epoch": tokens,
-              "target_tokens_per_epoch": sum(len(ids) - p for ids, p in zip(tokenized["input_ids"],
-                                                                             tokenized["prompt_length"])),
+    store = open_store(work / "dry" / "store")
+    tokens = int(store.lengths.sum())
+    budget = {"token_budget": unit.token_budget, "examples": len(store), "tokens_per_epoch": tokens,
+              "target_tokens_per_epoch": int((store.lengths - store.prompt_lengths).sum()),
               "epochs": round(unit.token_budget / tokens, 4)}
+    del store
     if not (work / "run" / "config.yaml").is_file():
         (work / "run").mkdir(parents=True, exist_ok=True)
-        for name in ("data", "tokenizer", "tokenized", "store"):  # xllama's run-folder layout (prepare_data skips
+        for name in ("data", "tokenizer", "store"):  # xllama's run-folder layout (prepare_data skips
             # what exists: the training run starts from this tokenisation instead of redoing it)
             if (work / "dry" / name).is_dir() and not (work / "run" / name).exists():
                 shutil.move(str(work / "dry" / name), work / "run" / name)
@@ -507,7 +507,7 @@ def finish_unit(unit: Unit, work: Path, record: dict, previous: Path | None = No
             record["runs"] = earlier.get("runs", 1) + 1
         copies = [("mix.yaml", "mix.yaml"), ("mix/manifest.json", "manifest.json"),
                   ("run/config.yaml", "train/config.yaml"), ("run/summary.json", "train/summary.json"),
-                  ("run/metrics.jsonl", "train/metrics.jsonl"), ("run/tokenized/stats.json", "train/tokenized.json"),
+                  ("run/metrics.jsonl", "train/metrics.jsonl"), ("run/store/stats.json", "train/tokenized.json"),
                   ("align/alignment.json", "align/alignment.json"), ("align/alignment.png", "align/alignment.png")]
         for src, dst in copies:
             if (work / src).is_file():

@@ -9,11 +9,12 @@ the mean of the following steps. Baseline, measured in the same run: the former 
 epoch's permutation and recomputed all lengths at every step (``baseline_plan_step`` below, kept verbatim
 in spirit: permutation of N + np.diff of the offsets + the same packing).
 
-``--store``: writes a tokenised set of ``--tokens`` tokens (an Arrow file written batch by batch, as
-``datasets`` leaves it on disk) into the store with ``write_store`` and opens it with ``open_store``, each in a
-fresh process, reporting the process's peak anonymous memory (RssAnon sampled every 10 ms; file pages of the
-memory maps are page cache, not the process's own memory) and its peak RSS (VmHWM, which counts mapped file
-pages too). Bounded means: the anonymous peak does not grow with the data.
+``--store``: writes ``--tokens`` tokens into the store with ``StoreWriter``, as a task's ``tokenize`` does
+(batches of ``--batch-size`` examples of 64-1023 seeded random tokens, made in the writing process: nothing else
+holds them), then opens it with ``open_store``, each in a fresh process, reporting the process's peak anonymous
+memory (RssAnon sampled every 10 ms; file pages of the memory maps are page cache, not the process's own memory)
+and its peak RSS (VmHWM, which counts mapped file pages too). Bounded means: the anonymous peak does not grow
+with the data.
 
     python benchmarks/training/bench_scale.py --planning
     python benchmarks/training/bench_scale.py --store --tokens 300000000 --work /tmp/store-bench
@@ -116,38 +117,30 @@ class PeakAnon:
         self.peak = max(self.peak, rss_anon_kib())
 
 
-def make_arrow(path: Path, tokens: int, seed: int = 0) -> int:
-    """A datasets-style Arrow file (input_ids: list<int32>, prompt_length: int64) of about ``tokens`` tokens."""
-    import pyarrow as pa
-
+def synthetic_batches(tokens: int, batch_size: int, seed: int = 0):
+    """Tokenised batches (flat tokens, lengths, prompt lengths) of about ``tokens`` tokens in all: examples of
+    64-1023 tokens below 50,000, prompts a quarter of the length (at most 200)."""
     rng = np.random.default_rng(seed)
-    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("prompt_length", pa.int64())])
-    written = examples = 0
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        while written < tokens:
-            lengths = rng.integers(64, 1024, size=8192).astype(np.int32)
-            values = rng.integers(0, 50000, size=int(lengths.sum()), dtype=np.int32)
-            offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-            np.cumsum(lengths, out=offsets[1:])
-            ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-            writer.write_batch(pa.record_batch([ids, pa.array(np.minimum(lengths // 4, 200).astype(np.int64))],
-                                              schema=schema))
-            written += int(lengths.sum())
-            examples += len(lengths)
-    return written
+    written = 0
+    while written < tokens:
+        lengths = rng.integers(64, 1024, size=batch_size)
+        values = rng.integers(0, 50000, size=int(lengths.sum()), dtype=np.int32)
+        yield values, lengths, np.minimum(lengths // 4, 200)
+        written += int(lengths.sum())
 
 
-def child(mode: str, work: Path, batch_size: int) -> None:
+def child(mode: str, work: Path, tokens: int, batch_size: int) -> None:
     """Run in a fresh process: write or open the store, print the memory figures as JSON."""
-    from datasets import Dataset
-
-    from xllama.train.store import open_store, write_store
+    from xllama.train.store import StoreWriter, open_store
 
     tick = time.perf_counter()
     with PeakAnon() as mem:
         if mode == "write":
-            dataset = Dataset.from_file(str(work / "tokenized.arrow"), in_memory=False)
-            meta = write_store(dataset, work / "store", vocab_size=50000, batch_size=batch_size, progress=False)
+            with StoreWriter(work / "store", vocab_size=50000, progress=False) as writer:
+                for values, lengths, prompts in synthetic_batches(tokens, batch_size):
+                    writer.add_flat(values, lengths, prompts)
+                writer.stats = {"synthetic": True}
+            meta = dict(writer.meta)
         else:
             store = open_store(work / "store")
             meta = {"examples": len(store), "tokens": int(store.offsets[-1])}
@@ -170,20 +163,16 @@ def main() -> None:
     parser.add_argument("--child", choices=["write", "open"])
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.work, args.batch_size)
+        child(args.child, args.work, args.tokens, args.batch_size)
         return
     if args.planning:
         for n in map(int, args.sizes.split(",")):
             print(json.dumps(time_planning(n, steps=200, baseline_steps=3 if n > 10**6 else 50)), flush=True)
     if args.store:
         args.work.mkdir(parents=True, exist_ok=True)
-        tick = time.perf_counter()
-        tokens = make_arrow(args.work / "tokenized.arrow", args.tokens)
-        print(json.dumps({"arrow_tokens": tokens, "arrow_bytes": (args.work / "tokenized.arrow").stat().st_size,
-                          "seconds": time.perf_counter() - tick}), flush=True)
         for mode in ("write", "open"):
             out = subprocess.run([sys.executable, __file__, "--child", mode, "--work", str(args.work),
-                                  "--batch-size", str(args.batch_size)],
+                                  "--tokens", str(args.tokens), "--batch-size", str(args.batch_size)],
                                  check=True, capture_output=True, text=True).stdout
             print(out.strip().splitlines()[-1], flush=True)
 

@@ -70,20 +70,21 @@ CONFIGS = {
 # --- data ------------------------------------------------------------------------------------------------------
 
 def prepare_data(shared: Path, tokenizer_spec: str, max_length: int, work: Path) -> dict:
-    """Build the mix, save the tokenizer and tokenise with xllama's own function, in xllama's run-dir layout
-    (data/, tokenizer/, tokenized/), so that the trainer finds them and every configuration uses the same examples."""
+    """Build the mix, save the tokenizer and tokenise with xllama's own function into the token store, in
+    xllama's run-dir layout (data/, tokenizer/, store/), so that the trainer finds them and every configuration
+    uses the same examples."""
     from xllama.data.mix import MixSpec, build_mix, write_mix
     from xllama.data.tokenize import tokenize_instructions
     from xllama.modeling import load_tokenizer
+    from xllama.train.store import StoreWriter
 
     started = time.perf_counter()
     dataset, manifest = build_mix(MixSpec.from_dict(zh_mix_spec(shared), where="benchmark mix"), progress=False)
     write_mix(dataset, manifest, work / "data", progress=False)
     tokenizer = load_tokenizer(tokenizer_spec)
     tokenizer.save_pretrained(work / "tokenizer")
-    tokenized, stats = tokenize_instructions(dataset, tokenizer, max_length)
-    tokenized.save_to_disk(str(work / "tokenized"))
-    atomic_write_json(work / "tokenized" / "stats.json", stats)
+    with StoreWriter(work / "store", len(tokenizer), progress=False) as writer:
+        writer.stats = stats = tokenize_instructions(dataset, tokenizer, max_length, writer)
     print(f"data: {len(dataset):,} examples {manifest['by_source']} -> {stats} in "
           f"{time.perf_counter() - started:.0f}s", flush=True)
     return {"mix_examples": len(dataset), "by_source": manifest["by_source"], "tokenize_stats": stats,
@@ -91,11 +92,9 @@ def prepare_data(shared: Path, tokenizer_spec: str, max_length: int, work: Path)
 
 
 def load_store(work: Path):
-    from datasets import load_from_disk
+    from xllama.train.store import open_store
 
-    from xllama.train.packing import TokenStore
-
-    return TokenStore.from_dataset(load_from_disk(str(work / "tokenized")))
+    return open_store(work / "store")
 
 
 # --- padding analysis ------------------------------------------------------------------------------------------
@@ -371,7 +370,7 @@ def _xllama_run(settings: dict) -> dict:
     work = Path(settings["work"])
     run = work / "run-c"
     run.mkdir(parents=True, exist_ok=True)
-    for name in ("data", "tokenizer", "tokenized"):  # prepare_data() skips what exists: same examples as (a), (b)
+    for name in ("data", "tokenizer", "store"):  # prepare_data() skips what exists: same examples as (a), (b)
         (run / name).symlink_to(work / name, target_is_directory=True)
     cuda = torch.cuda.is_available()
     recipe = validate(Recipe(

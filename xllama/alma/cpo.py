@@ -9,7 +9,7 @@ translation y_w and a dis-preferred one y_l. The loss of a step is
 with sequence log-probabilities summed over the target tokens and EOS only (the prompt carries no loss), no
 reference model (CPO's point), ``beta`` and ``nll_weight`` from the recipe's ``cpo`` section (0.1 and 1 in the
 paper; TRL's ``CPOTrainer`` with ``cpo_alpha``). Both sequences of a triplet are one example of the token store
-(``sequence_lengths``), so they are packed into the same micro-batch, and the packed row numbers its sequences
+(with its ``segments``), so they are packed into the same micro-batch, and the packed row numbers its sequences
 (``sequence_ids``): preferred = even, dis-preferred = odd. The trainer knows none of this: it calls
 :func:`objective`. The per-token log-probabilities (chunked, never the whole fp32 logits), their per-sequence
 sums and the preference term are :mod:`xllama.train.loss`'s ``token_logprobs``, ``sequence_logprobs`` and
@@ -355,13 +355,10 @@ def texts(dataset):
             yield from values
 
 
-def tokenize(dataset, tokenizer, recipe):
-    """Triplets -> one example each: ``input_ids`` = prompt + " " + y_w + EOS then prompt + " " + y_l + EOS,
-    with ``sequence_lengths`` and ``sequence_prompt_lengths`` (the store packs both as one unit). A triplet with
-    a sequence longer than ``train.max_length`` is dropped (and counted), never cut."""
-    import pyarrow as pa
-    from datasets import Dataset
-
+def tokenize(dataset, tokenizer, recipe, writer, batch_size: int = 2000) -> dict:
+    """Triplets -> one store example each, written to ``writer`` batch by batch: token ids = prompt + " " + y_w +
+    EOS then prompt + " " + y_l + EOS, with segments ((len, prompt len) of each sequence: the store packs both as
+    one unit). A triplet with a sequence longer than ``train.max_length`` is dropped (and counted), never cut."""
     from xllama.alma.data import encode_translations
     from xllama.prompts import alma_prompt
 
@@ -369,36 +366,33 @@ def tokenize(dataset, tokenizer, recipe):
     if budget < 2 * max_length:
         raise XllamaError(f"train.micro_batch_tokens ({budget}) must be at least 2 x train.max_length "
                           f"({2 * max_length}) for {TASK}: both sequences of a triplet go in one micro-batch")
-    rows = dataset.select_columns(list(COLUMNS)).to_dict()
-    prompts = [alma_prompt(s, t, x) for s, t, x in zip(rows["src"], rows["tgt"], rows["source"])]
-    win, win_p, win_kept, win_stats = encode_translations(tokenizer, prompts, rows["preferred"], max_length)
-    lose, lose_p, lose_kept, lose_stats = encode_translations(tokenizer, prompts, rows["dispreferred"], max_length)
-    w = dict(zip(win_kept, zip(win, win_p)))
-    l_ = dict(zip(lose_kept, zip(lose, lose_p)))
-    ids, plen, seq_len, seq_plen = [], [], [], []
-    for i in range(len(prompts)):
-        if i in w and i in l_:
-            (a, pa_), (b, pb) = w[i], l_[i]
-            ids.append(a + b)
-            plen.append(pa_)
-            seq_len.append([len(a), len(b)])
-            seq_plen.append([pa_, pb])
-    dropped = len(prompts) - len(ids)
-    if not ids:
+    stats = {"task": TASK, "examples": 0, "dropped_too_long": 0, "boundary_merged": 0,
+             "preferred_target_tokens": 0, "dispreferred_target_tokens": 0}
+    for rows in dataset.select_columns(list(COLUMNS)).iter(batch_size=batch_size):
+        prompts = [alma_prompt(s, t, x) for s, t, x in zip(rows["src"], rows["tgt"], rows["source"])]
+        win, win_p, win_kept, win_stats = encode_translations(tokenizer, prompts, rows["preferred"], max_length)
+        lose, lose_p, lose_kept, lose_stats = encode_translations(tokenizer, prompts, rows["dispreferred"],
+                                                                  max_length)
+        w, l_ = dict(zip(win_kept, zip(win, win_p))), dict(zip(lose_kept, zip(lose, lose_p)))
+        ids, plen, segments = [], [], []
+        for i in range(len(prompts)):
+            if i in w and i in l_:
+                (a, pa), (b, pb) = w[i], l_[i]
+                ids.append(a + b)
+                plen.append(pa)
+                segments.append(((len(a), pa), (len(b), pb)))
+                stats["preferred_target_tokens"] += len(a) - pa
+                stats["dispreferred_target_tokens"] += len(b) - pb
+        writer.add(ids, plen, segments)
+        stats["examples"] += len(ids)
+        stats["dropped_too_long"] += len(prompts) - len(ids)
+        stats["boundary_merged"] += win_stats["boundary_merged"] + lose_stats["boundary_merged"]
+    if not stats["examples"]:
         raise XllamaError(f"no triplet fits in train.max_length={max_length} tokens")
-    if dropped:
-        log.warning("%d triplets with a sequence longer than %d tokens were dropped", dropped, max_length)
-    table = pa.table({
-        "input_ids": pa.array(ids, pa.list_(pa.int32())),
-        "prompt_length": pa.array(plen, pa.int64()),
-        "sequence_lengths": pa.array(seq_len, pa.list_(pa.int64())),
-        "sequence_prompt_lengths": pa.array(seq_plen, pa.list_(pa.int64())),
-    })
-    stats = {"task": TASK, "examples": len(ids), "dropped_too_long": dropped,
-             "boundary_merged": win_stats["boundary_merged"] + lose_stats["boundary_merged"],
-             "preferred_target_tokens": sum(n - p for (n, _), (p, _) in zip(seq_len, seq_plen)),
-             "dispreferred_target_tokens": sum(n - p for (_, n), (_, p) in zip(seq_len, seq_plen))}
-    return Dataset(table), stats
+    if stats["dropped_too_long"]:
+        log.warning("%d triplets with a sequence longer than %d tokens were dropped", stats["dropped_too_long"],
+                    max_length)
+    return stats
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -415,7 +409,7 @@ class CPO:
     def step_totals(self, store, examples) -> dict:
         """Triplets and preferred target tokens in the whole step (every rank computes the same)."""
         if store.segments is None:
-            raise XllamaError(f"{TASK}: the tokenised set holds no triplets (no sequence_lengths column); "
+            raise XllamaError(f"{TASK}: the token store holds no triplets (no segments.json); "
                               "rebuild the run's data (a new --out)")
         chosen = 0
         for i in examples:

@@ -1,10 +1,9 @@
 """ALMA training data: stage 1 monolingual blocks and stage 2 translation pairs, for the training engine.
 
 The trainer calls, for the tasks ``alma-monolingual`` and ``alma-parallel`` (see :mod:`xllama.train.data`):
-
-- ``load_text(recipe) -> (Dataset, manifest)``: the raw text, saved in the run's ``data/`` with the manifest;
-- ``texts(dataset)``: raw strings (the quickstart trains its BPE tokenizer on them);
-- ``tokenize(dataset, tokenizer, recipe) -> (Dataset[input_ids, prompt_length], stats)``.
+``load_text(recipe) -> (Dataset, manifest)`` (the raw text, saved in the run's ``data/``), ``texts(dataset)``
+(raw strings, for the quickstart's BPE tokenizer) and ``tokenize(dataset, tokenizer, recipe, writer) -> stats``,
+which writes every training example into the run's token store (:class:`xllama.train.store.StoreWriter`).
 
 Stage 1 (``alma-monolingual``). Keys of the recipe's ``data`` section::
 
@@ -22,12 +21,13 @@ Stage 1 (``alma-monolingual``). Keys of the recipe's ``data`` section::
 Each language's documents are tokenised (BOS as the tokenizer adds it, EOS after every document), concatenated
 and cut into blocks; the budget means ``token_budget // block_size`` blocks, shared out by the ratios (largest
 remainder) and drawn at random from each language's blocks (repeated, and reported as ``epochs`` > 1, when a
-language has fewer blocks than its share). ``prompt_length`` is 0: loss on every token.
+language has fewer blocks than its share). Loss falls on every token. Memory does not grow with the corpus: the
+text is streamed into a memory-mapped Arrow file, each language's tokens into a scratch file beside the store,
+and the chosen blocks are copied from there into the store in chunks; only the block indices are held in RAM.
 
-Hub locations: ``hf:owner/name:config`` streams a script-free Hub dataset (``load_dataset(repo, config,
-streaming=True)``); ``hf:owner/name/GLOB`` streams data files through the parquet/json builder, for repos that
-still carry a loading script (``hf:uonlp/CulturaX/de/*.parquet``). Streams stop once they hold about enough
-text for the language's share, or ``max_documents``. ``XLLAMA_HUB_MIRROR`` points both at a local copy.
+Hub locations (``hf:owner/name:config``, or ``hf:owner/name/GLOB`` for data files, e.g.
+``hf:uonlp/CulturaX/de/*.parquet``) are streamed, and stop once they hold about enough text for the language's
+share, or ``max_documents``. ``XLLAMA_HUB_MIRROR`` points them at a local copy.
 
 Stage 2 (``alma-parallel``). Keys::
 
@@ -41,34 +41,37 @@ Stage 2 (``alma-parallel``). Keys::
     languages: [de, zh]                 # keep only pairs with these languages
     seed: 42
 
-Every pair gives one example per direction: prompt ``alma_prompt(src, tgt, source)`` then " " + target + EOS;
-``prompt_length`` is the number of prompt tokens, so the loss falls on the target and EOS only. The prompt and
-the whole example are tokenised separately and the prompt length checked against the whole, so the model trains
-on exactly the tokens it sees at inference time, where the prompt is tokenised alone.
+Every pair gives one example per direction: prompt ``alma_prompt(src, tgt, source)`` then " " + target + EOS,
+with the loss on the target and EOS only (:func:`encode_translations`).
 
-Reading, cleaning and sampling are the shared data layer's (:mod:`xllama.data`): documents and pairs are read by
-``sources.load_documents`` / ``sources.load_parallel``, pairs cleaned by ``mix.clean_pairs`` with the one
-contamination guard (``guard.ContaminationGuard``: normalised keys and n-gram overlap, counts per rule in the
-manifest), sub-sampled by ``sample.draw`` and shared out by ``sample.language_shares`` / ``sample.allocate``.
+Everything but ALMA's own choices comes from the shared data layer (:mod:`xllama.data`): recipe values are
+checked by :mod:`~xllama.data.fields`, documents and pairs read by ``sources.load_documents`` /
+``sources.load_parallel``, pairs cleaned by ``mix.clean_pairs`` with the one contamination guard, sub-sampled by
+``sample.draw`` and shared out by ``sample.language_shares`` / ``sample.allocate``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
+import os
+import shutil
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
+from xllama.data import fields
 from xllama.data.guard import ContaminationGuard, GuardReport, guard_manifest, normalize
-from xllama.data.mix import clean_pairs
+from xllama.data.mix import _scratch_parent, clean_pairs
 from xllama.data.sample import allocate as allocate_blocks
 from xllama.data.sample import draw
 from xllama.data.sample import language_shares as shares_by_size
 from xllama.data.sources import ParallelData, load_documents, load_guard, load_parallel
 from xllama.errors import XllamaError
-from xllama.languages import get_language, parse_pair
+from xllama.languages import get_language
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,6 @@ COMMON_KEYS = ("mix", "languages", "seed")
 MONOLINGUAL_KEYS = COMMON_KEYS + ("monolingual", "ratios", "temperature", "token_budget", "block_size",
                                   "text_field", "max_documents")
 PARALLEL_KEYS = COMMON_KEYS + ("parallel", "valid", "directions", "sizes", "valid_sizes", "guard")
-RECORD_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet")
 # ALMA's stage-1 sampling ratios (Xu et al. 2023, section 4), for documentation and the recipes.
 ALMA_RATIOS = {"de": 0.20, "cs": 0.14, "is": 0.08, "zh": 0.19, "ru": 0.22, "en": 0.17}
 # How much text to stream from a Hub corpus per token of a language's share: generous upper bounds on
@@ -88,6 +90,11 @@ ALMA_RATIOS = {"de": 0.20, "cs": 0.14, "is": 0.08, "zh": 0.19, "ru": 0.22, "en":
 # rarely stops short; text read beyond the share is simply not sampled.
 CHARS_PER_TOKEN = {"Hans": 2.5, "Hant": 2.5, "Jpan": 2.5, "Hang": 2.5}
 DEFAULT_CHARS_PER_TOKEN = 6.0
+BATCH = 2000  # documents or pairs per tokeniser call
+CHUNK_BYTES = 16 << 20  # stage-1 blocks are copied into the store this many bytes of scratch file at a time
+
+# xllama.alma.cpo parses its spec with these (they are xllama.data.fields')
+_int, _languages, _locations = fields.integer, fields.language_list, fields.locations
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -125,28 +132,25 @@ class ParallelSpec:
 def parse_spec(recipe_or_data, task: str | None = None, where: str = "recipe.data"):
     """Validate the recipe's ``data`` dict for an ALMA task -> MonolingualSpec or ParallelSpec."""
     if task is None:
-        data, task = dict(recipe_or_data.data), recipe_or_data.task
+        data, task = recipe_or_data.data, recipe_or_data.task
     else:
-        data = dict(recipe_or_data)
+        data = recipe_or_data
     if task not in FORMATS:
         raise XllamaError(f"xllama.alma.data handles the tasks {', '.join(FORMATS)}, not {task!r}")
     if not isinstance(data, dict):
         raise XllamaError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = MONOLINGUAL_KEYS if task == MONOLINGUAL else PARALLEL_KEYS
+    known, other = (MONOLINGUAL_KEYS, PARALLEL_KEYS) if task == MONOLINGUAL else (PARALLEL_KEYS, MONOLINGUAL_KEYS)
     for key in data:
         if key not in known:
-            hint = ""
-            if key in (PARALLEL_KEYS if task == MONOLINGUAL else MONOLINGUAL_KEYS):
-                hint = f" (it belongs to the other ALMA stage; this recipe's task is {task})"
+            hint = f" (it belongs to the other ALMA stage; this recipe's task is {task})" if key in other else ""
             raise XllamaError(f"{where}.{key}: unknown key for task {task}{hint}; expected one of {', '.join(known)}")
-    mix = data.get("mix", "alma")
-    if mix != "alma":
+    if data.get("mix", "alma") != "alma":
         raise XllamaError(
-            f"{where}.mix: {mix!r} is an instruction-tuning mix; ALMA recipes take mix: alma or no mix key "
+            f"{where}.mix: {data['mix']!r} is an instruction-tuning mix; ALMA recipes take mix: alma or no mix key "
             "(`xllama train --lang` sets mix: x-llama when the recipe's data section has no mix key)"
         )
-    seed = _int(data.get("seed", 42), f"{where}.seed", minimum=0)
-    keep = _languages(data.get("languages"), f"{where}.languages")
+    seed = fields.integer(data.get("seed", 42), f"{where}.seed", minimum=0)
+    keep = fields.language_list(data.get("languages"), f"{where}.languages")
     if task == MONOLINGUAL:
         return _monolingual_spec(data, keep, seed, where)
     return _parallel_spec(data, keep, seed, where)
@@ -157,57 +161,49 @@ def _monolingual_spec(data: dict, keep: list[str] | None, seed: int, where: str)
     if not isinstance(raw, dict) or not raw:
         raise XllamaError(f"{where}.monolingual: expected a mapping language -> text location(s), "
                           "e.g. {de: data/mono.de.txt, en: hf:uonlp/CulturaX/en/*.parquet}")
-    sources: dict[str, list[str]] = {}
-    for lang, locations in raw.items():
-        code = _language(lang, f"{where}.monolingual.{lang}")
-        sources[code] = _locations(locations, f"{where}.monolingual.{lang}")
+    at = f"{where}.monolingual"
+    sources = fields.language_locations(raw, at)
     listed = list(sources)
     if keep is not None:
         missing = [lang for lang in keep if lang not in sources]
         if missing:
             raise XllamaError(f"{where}.languages: no monolingual source for {', '.join(missing)} "
-                              f"({where}.monolingual has {', '.join(sources)})")
+                              f"({at} has {', '.join(listed)})")
         sources = {lang: locs for lang, locs in sources.items() if lang in keep or lang == "en"}
 
     ratios = temperature = None
     if data.get("ratios") is not None and data.get("temperature") is not None:
         raise XllamaError(f"{where}: give ratios (fixed shares) or temperature (temperature sampling), not both")
     if data.get("ratios") is not None:
-        raw_ratios = data["ratios"]
-        if not isinstance(raw_ratios, dict):
-            raise XllamaError(f"{where}.ratios: expected a mapping language -> share, got {raw_ratios!r}")
+        if not isinstance(data["ratios"], dict):
+            raise XllamaError(f"{where}.ratios: expected a mapping language -> share, got {data['ratios']!r}")
         given = {}
-        for lang, value in raw_ratios.items():
-            code = _language(lang, f"{where}.ratios.{lang}")
+        for lang, value in data["ratios"].items():
+            code = fields.language(lang, f"{where}.ratios.{lang}")
             if code not in listed:
                 raise XllamaError(f"{where}.ratios.{lang}: no monolingual source for this language "
-                                  f"({where}.monolingual has {', '.join(listed)})")
-            if not _is_number(value) or value <= 0:
-                raise XllamaError(f"{where}.ratios.{lang}: expected a positive number, got {value!r}")
-            given[code] = float(value)
+                                  f"({at} has {', '.join(listed)})")
+            given[code] = fields.positive_number(value, f"{where}.ratios.{lang}")
         missing = [lang for lang in sources if lang not in given]
         if missing:
             raise XllamaError(f"{where}.ratios: no ratio for {', '.join(missing)}; give one per language in "
-                              f"{where}.monolingual (or use temperature sampling)")
+                              f"{at} (or use temperature sampling)")
         total = sum(given[lang] for lang in sources)
         ratios = {lang: given[lang] / total for lang in sources}
     else:
-        value = data.get("temperature", 1.0)
-        if not _is_number(value) or value <= 0:
-            raise XllamaError(f"{where}.temperature: expected a positive number, got {value!r}")
-        temperature = float(value)
+        temperature = fields.positive_number(data.get("temperature", 1.0), f"{where}.temperature")
 
     if data.get("token_budget") is None:
         raise XllamaError(f"{where}.token_budget: stage 1 trains for a token budget, e.g. token_budget: 20B "
                           "(ALMA-7B) or 1M; none given")
-    budget = parse_count(data["token_budget"], f"{where}.token_budget")
+    budget = fields.parse_count(data["token_budget"], f"{where}.token_budget")
     block = data.get("block_size")
-    block = None if block is None else _int(block, f"{where}.block_size", minimum=2)
+    block = None if block is None else fields.integer(block, f"{where}.block_size", minimum=2)
     text_field = data.get("text_field", "text")
     if not isinstance(text_field, str) or not text_field:
         raise XllamaError(f"{where}.text_field: expected a field name, got {text_field!r}")
     max_docs = data.get("max_documents")
-    max_docs = None if max_docs is None else _int(max_docs, f"{where}.max_documents", minimum=1)
+    max_docs = None if max_docs is None else fields.integer(max_docs, f"{where}.max_documents", minimum=1)
     return MonolingualSpec(sources, ratios, temperature, budget, block, text_field, max_docs, seed)
 
 
@@ -215,8 +211,11 @@ def _parallel_spec(data: dict, keep: list[str] | None, seed: int, where: str) ->
     directions = data.get("directions", "both")
     if directions not in DIRECTIONS:
         raise XllamaError(f"{where}.directions: {directions!r} is not one of {', '.join(DIRECTIONS)}")
-    pairs = _pair_locations(data.get("parallel"), f"{where}.parallel", required=True)
-    valid = _pair_locations(data.get("valid"), f"{where}.valid", required=False)
+    if not isinstance(data.get("parallel"), dict) or not data["parallel"]:
+        raise XllamaError(f"{where}.parallel: expected a mapping pair -> location(s), e.g. "
+                          "{de-en: ../shared/data/parallel/alma-human-written/deen}")
+    pairs = fields.pair_locations(data["parallel"], f"{where}.parallel")
+    valid = fields.pair_locations(data.get("valid"), f"{where}.valid")
     for pair in list(pairs) + list(valid):
         if directions != "both" and "en" not in pair.split("-"):
             raise XllamaError(f"{where}.directions: {directions} needs English in every pair, but {pair} has none "
@@ -226,110 +225,30 @@ def _parallel_spec(data: dict, keep: list[str] | None, seed: int, where: str) ->
             raise XllamaError(f"{where}.valid.{pair}: no training pairs for {pair} in {where}.parallel "
                               f"({', '.join(pairs)})")
     if keep is not None:
-        chosen = lambda pair: any(lang in keep for lang in pair.split("-") if lang != "en")  # noqa: E731
         missing = [lang for lang in keep if not any(lang in pair.split("-") for pair in pairs)]
         if missing:
             raise XllamaError(f"{where}.languages: no parallel data for {', '.join(missing)} "
                               f"({where}.parallel has {', '.join(pairs)})")
+        chosen = lambda pair: any(lang in keep for lang in pair.split("-") if lang != "en")  # noqa: E731
         pairs = {p: locs for p, locs in pairs.items() if chosen(p)}
         valid = {p: locs for p, locs in valid.items() if chosen(p)}
-    guard = data.get("guard") or []
-    guard = _locations(guard, f"{where}.guard") if guard else []
-    return ParallelSpec(
-        pairs, valid, directions,
-        _pair_sizes(data.get("sizes"), pairs, f"{where}.sizes"),
-        _pair_sizes(data.get("valid_sizes"), valid, f"{where}.valid_sizes"),
-        guard, seed,
-    )
-
-
-def _pair_locations(raw, where: str, required: bool) -> dict[str, list[str]]:
-    if raw is None and not required:
-        return {}
-    if not isinstance(raw, dict) or (required and not raw):
-        raise XllamaError(f"{where}: expected a mapping pair -> location(s), e.g. "
-                          "{de-en: ../shared/data/parallel/alma-human-written/deen}")
-    out = {}
-    for pair, locations in raw.items():
-        try:
-            src, tgt = parse_pair(str(pair))
-        except XllamaError as e:
-            raise XllamaError(f"{where}.{pair}: {e}") from None
-        out[f"{src}-{tgt}"] = _locations(locations, f"{where}.{pair}")
-    return out
+    guard = fields.locations(data["guard"], f"{where}.guard") if data.get("guard") else []
+    return ParallelSpec(pairs, valid, directions, _pair_sizes(data.get("sizes"), pairs, f"{where}.sizes"),
+                        _pair_sizes(data.get("valid_sizes"), valid, f"{where}.valid_sizes"), guard, seed)
 
 
 def _pair_sizes(raw, pairs: dict, where: str) -> dict[str, int]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        size = _int(raw, where, minimum=1)
-        return {pair: size for pair in pairs}
+        return dict.fromkeys(pairs, fields.integer(raw, where, minimum=1))
     sizes = {}
     for pair, value in raw.items():
-        try:
-            src, tgt = parse_pair(str(pair))
-        except XllamaError as e:
-            raise XllamaError(f"{where}.{pair}: {e}") from None
-        key = f"{src}-{tgt}"
-        if key not in pairs and f"{tgt}-{src}" in pairs:
-            key = f"{tgt}-{src}"
-        sizes[key] = _int(value, f"{where}.{pair}", minimum=1)
+        key = fields.language_pair(pair, f"{where}.{pair}")
+        if key not in pairs and "-".join(key.split("-")[::-1]) in pairs:
+            key = "-".join(key.split("-")[::-1])
+        sizes[key] = fields.integer(value, f"{where}.{pair}", minimum=1)
     return sizes
-
-
-def _languages(value, where: str) -> list[str] | None:
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list):
-        raise XllamaError(f"{where}: expected a list of language codes, got {value!r}")
-    return [_language(item, f"{where}[{i}]") for i, item in enumerate(items) if str(item).strip()]
-
-
-def _language(code, where: str) -> str:
-    try:
-        return get_language(str(code)).code
-    except XllamaError as e:
-        raise XllamaError(f"{where}: {e}") from None
-
-
-def _locations(value, where: str) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
-        raise XllamaError(f"{where}: expected a location (path or hf:owner/name[:config]) or a list of them, "
-                          f"got {value!r}")
-    return [v.strip() for v in items]
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _int(value, where: str, minimum: int = 0) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise XllamaError(f"{where}: expected an integer >= {minimum}, got {value!r}")
-    return value
-
-
-_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
-_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
-
-
-def parse_count(value, where: str) -> int:
-    """20000000, 2e7, '20M' or '20B' -> an integer count (tokens)."""
-    if _is_number(value):
-        number = float(value)
-    else:
-        match = _COUNT.match(str(value))
-        if not match:
-            raise XllamaError(f"{where}: expected a token count such as 1000000, 1M or 20B, got {value!r}")
-        number = float(match.group(1)) * _SCALE[match.group(2).lower()]
-    if number < 1:
-        raise XllamaError(f"{where}: must be at least 1, got {value!r}")
-    return int(number)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,7 +267,7 @@ def load_text(recipe):
 def texts(dataset):
     """Raw strings of the training text (for training a tokenizer)."""
     columns = dataset.column_names
-    for batch in dataset.iter(batch_size=2000):
+    for batch in dataset.iter(batch_size=BATCH):
         if "text" in columns:
             yield from batch["text"]
         else:
@@ -358,12 +277,13 @@ def texts(dataset):
                     yield target
 
 
-def tokenize(dataset, tokenizer, recipe):
-    """Token ids and prompt lengths the trainer packs: blocks (stage 1) or translation examples (stage 2)."""
+def tokenize(dataset, tokenizer, recipe, writer) -> dict:
+    """Write the examples the trainer packs into ``writer`` (a StoreWriter): blocks (stage 1) or translation
+    examples (stage 2); return their statistics."""
     spec = parse_spec(recipe)
     if recipe.task == MONOLINGUAL:
-        return tokenize_monolingual(dataset, tokenizer, spec, recipe.train.max_length)
-    return tokenize_translations(dataset, tokenizer, recipe.train.max_length, split="train")
+        return tokenize_monolingual(dataset, tokenizer, spec, recipe.train.max_length, writer)
+    return encode_split(dataset, tokenizer, recipe.train.max_length, "train", lambda ids, plen, _: writer.add(ids, plen))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -380,43 +300,67 @@ def _stream_char_limit(spec: MonolingualSpec, lang: str, block_size: int) -> int
     return int(tokens * CHARS_PER_TOKEN.get(script, DEFAULT_CHARS_PER_TOKEN))
 
 
+def _document_batches(spec: MonolingualSpec, lang: str, block: int, provenance: list):
+    """Batches of ``lang``'s non-empty documents, location after location, up to ``max_documents``; each
+    location's provenance is appended to ``provenance``."""
+    count = 0
+    for location in spec.sources[lang]:
+        left = None if spec.max_documents is None else spec.max_documents - count
+        if left == 0:
+            break
+        limit = _stream_char_limit(spec, lang, block) if location.startswith("hf:") else None
+        if location.startswith("hf:") and limit is None and spec.max_documents is None:
+            raise XllamaError(f"data.monolingual.{lang}: a Hub corpus ({location}) with temperature sampling needs "
+                              "data.max_documents (the stream would otherwise be read to its end)")
+        # load_documents holds one location's documents at a time; a streaming reader would drop in here
+        docs, info = load_documents(location, lang, spec.text_field, left, limit)
+        for start in range(0, len(docs), BATCH):
+            yield docs[start : start + BATCH]
+        count += len(docs)
+        provenance.append(info)
+
+
 def load_monolingual(spec: MonolingualSpec, max_length: int):
-    """All documents of every language -> (Dataset[text, lang], manifest), grouped by language."""
+    """Every language's documents -> (Dataset[text, lang] memory-mapped from disk, manifest), grouped by
+    language. The text is written to an Arrow file in batches: memory does not grow with the corpus."""
     import pyarrow as pa
     from datasets import Dataset
     from tqdm.auto import tqdm
 
-    started = time.perf_counter()
-    block = spec.block_size or max_length
-    texts_out, langs_out = [], []
-    per_language = {}
-    digest = hashlib.blake2b(digest_size=16)
-    for lang in tqdm(spec.languages, desc="reading monolingual text", unit="lang"):
-        docs, provenance = [], []
-        for location in spec.sources[lang]:
-            left = None if spec.max_documents is None else spec.max_documents - len(docs)
-            if left == 0:
-                break
-            limit = _stream_char_limit(spec, lang, block) if location.startswith("hf:") else None
-            if location.startswith("hf:") and limit is None and spec.max_documents is None:
-                raise XllamaError(
-                    f"data.monolingual.{lang}: a Hub corpus ({location}) with temperature sampling needs "
-                    "data.max_documents (the stream would otherwise be read to its end)"
-                )
-            part, info = load_documents(location, lang, spec.text_field, left, limit)
-            docs += part
-            provenance.append(info)
-        if not docs:
-            raise XllamaError(f"data.monolingual.{lang}: no non-empty documents in {', '.join(spec.sources[lang])}")
-        for doc in docs:
-            digest.update(doc.encode("utf-8"))
-            digest.update(b"\n")
-        per_language[lang] = {"documents": len(docs), "chars": sum(map(len, docs)), "sources": provenance}
-        texts_out += docs
-        langs_out += [lang] * len(docs)
-    dataset = Dataset(pa.table({"text": pa.array(texts_out, pa.string()), "lang": pa.array(langs_out, pa.string())}))
     from xllama import __version__
 
+    started = time.perf_counter()
+    block = spec.block_size or max_length
+    per_language = {}
+    digest = hashlib.blake2b(digest_size=16)
+    schema = pa.schema([("text", pa.string()), ("lang", pa.string())])
+    parent = _scratch_parent(None)  # $XLLAMA_CACHE/tmp or $TMPDIR, as the mixer's: it needs room for the corpus
+    parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".xllama-alma-text-", dir=parent))
+    try:
+        path = scratch / "text.arrow"
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as out, \
+                tqdm(desc="reading monolingual text", unit="doc") as bar:
+            for lang in spec.languages:
+                provenance, documents, chars = [], 0, 0
+                for docs in _document_batches(spec, lang, block, provenance):
+                    for doc in docs:
+                        digest.update(doc.encode("utf-8"))
+                        digest.update(b"\n")
+                    chars += sum(map(len, docs))
+                    documents += len(docs)
+                    out.write_batch(pa.record_batch([pa.array(docs, pa.string()), pa.array([lang] * len(docs))],
+                                                    schema=schema))
+                    bar.update(len(docs))
+                if not documents:
+                    raise XllamaError(f"data.monolingual.{lang}: no non-empty documents in "
+                                      f"{', '.join(spec.sources[lang])}")
+                per_language[lang] = {"documents": documents, "chars": chars, "sources": provenance}
+        dataset = Dataset.from_file(str(path))  # memory-mapped
+        weakref.finalize(dataset, shutil.rmtree, str(scratch), True)  # write_mix copies it into the run first
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
     manifest = {
         "format": FORMATS[MONOLINGUAL],
         "version": 1,
@@ -442,80 +386,94 @@ def language_shares(spec: MonolingualSpec, tokens: dict[str, int]) -> dict[str, 
     return shares_by_size({lang: tokens[lang] for lang in spec.languages}, spec.temperature)
 
 
-def tokenize_monolingual(dataset, tokenizer, spec: MonolingualSpec, max_length: int):
-    """Documents -> fixed-length blocks sampled to the token budget by language shares; prompt_length 0."""
+def _tokens_to_files(dataset, tokenizer, languages: list[str], scratch: Path, dtype) -> dict[str, int]:
+    """Tokenise the documents in batches, appending each language's tokens (EOS after every document) to
+    ``scratch/<lang>.bin``; return the tokens per language."""
     import numpy as np
-    import pyarrow as pa
-    from datasets import Dataset
     from tqdm.auto import tqdm
 
     from xllama.data.tokenize import batch_encode
 
+    eos = tokenizer.eos_token_id
+    tokens = dict.fromkeys(languages, 0)
+    files = {lang: open(scratch / f"{lang}.bin", "wb") for lang in languages}
+    try:
+        with tqdm(total=len(dataset), desc="tokenising documents", unit="doc") as bar:
+            for batch in dataset.select_columns(["text", "lang"]).iter(batch_size=BATCH):
+                by_lang: dict[str, list] = {}
+                for lang, ids in zip(batch["lang"], batch_encode(tokenizer, batch["text"], add_special_tokens=True)):
+                    if lang not in files:
+                        raise XllamaError(f"the run's text has language {lang!r}, which the recipe does not list; "
+                                          "rebuild the run's data (a new --out)")
+                    by_lang.setdefault(lang, []).append(ids)
+                for lang, docs in by_lang.items():
+                    ends = np.cumsum(np.fromiter(map(len, docs), np.int64, count=len(docs)))
+                    flat = np.fromiter(chain.from_iterable(docs), np.int64, count=int(ends[-1]))
+                    np.insert(flat.astype(dtype), ends, eos).tofile(files[lang])  # EOS after every document
+                    tokens[lang] += int(ends[-1]) + len(docs)
+                bar.update(len(batch["lang"]))
+    finally:
+        for f in files.values():
+            f.close()
+    return tokens
+
+
+def _copy_blocks(writer, path: Path, dtype, block: int, index) -> None:
+    """Rows ``index`` of the scratch file ``path`` (seen as blocks of ``block`` tokens) -> ``writer``, in order.
+    The file is mapped afresh for each chunk, so the pages read do not stay resident."""
+    import numpy as np
+
+    rows = max(1, CHUNK_BYTES // (block * dtype.itemsize + 8192))
+    for start in range(0, len(index), rows):
+        stream = np.memmap(path, dtype=dtype, mode="r")
+        blocks = stream[: len(stream) // block * block].reshape(-1, block)
+        part = blocks[index[start : start + rows]]
+        del stream, blocks
+        writer.add(part, np.zeros(len(part), np.int32))
+
+
+def tokenize_monolingual(dataset, tokenizer, spec: MonolingualSpec, max_length: int, writer) -> dict:
+    """Documents -> fixed-length blocks sampled to the token budget by language shares, written to ``writer``
+    (loss on every token); returns the statistics. Scratch token files live beside the store."""
+    import numpy as np
+
+    from xllama.train.store import token_dtype
+
     block = spec.block_size or max_length
     if block > max_length:
         raise XllamaError(f"data.block_size ({block}) exceeds train.max_length ({max_length})")
-    eos = tokenizer.eos_token_id
-    chunks: dict[str, list] = {lang: [] for lang in spec.languages}
-    unexpected = set()
-    bar = tqdm(total=len(dataset), desc="tokenising documents", unit="doc")
-    for batch in dataset.iter(batch_size=2000):
-        for lang, ids in zip(batch["lang"], batch_encode(tokenizer, batch["text"], add_special_tokens=True)):
-            if lang not in chunks:
-                unexpected.add(lang)
-                continue
-            ids.append(eos)
-            chunks[lang].append(np.asarray(ids, dtype=np.int32))
-        bar.update(len(batch["text"]))
-    bar.close()
-    if unexpected:
-        raise XllamaError(f"the run's text has languages {sorted(unexpected)} that the recipe does not list; "
-                          "rebuild the run's data (a new --out)")
-
-    blocks, tokens = {}, {}
-    for lang in spec.languages:
-        parts = chunks.pop(lang)
-        stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-        tokens[lang] = int(stream.size)
-        n = stream.size // block
-        blocks[lang] = stream[: n * block].reshape(n, block)
     total = spec.token_budget // block
     if total < 1:
         raise XllamaError(f"data.token_budget ({spec.token_budget}) is smaller than one block of {block} tokens")
-    shares = language_shares(spec, tokens)
-    quota = allocate_blocks(shares, total)
-
-    rng = np.random.default_rng(spec.seed)
-    chosen, stats_langs = [], {}
-    for lang in spec.languages:
-        available, want = len(blocks[lang]), quota[lang]
-        if want and not available:
-            raise XllamaError(f"data.monolingual.{lang}: its share is {want} blocks of {block} tokens but its text "
-                              f"has only {tokens[lang]} tokens (less than one block)")
-        repeats, rest = divmod(want, available) if available else (0, 0)
-        index = np.concatenate([np.tile(np.arange(available), repeats),
-                                np.sort(rng.choice(available, size=rest, replace=False))]).astype(np.int64)
-        chosen.append(blocks[lang][index])
-        epochs = want / available if available else 0.0
-        if epochs > 1:
-            log.warning("%s: %d blocks wanted but only %d available: its text is repeated %.2f times", lang, want,
-                        available, epochs)
-        stats_langs[lang] = {"tokens_available": tokens[lang], "blocks_available": available, "blocks": want,
-                             "share": round(shares[lang], 6), "epochs": round(epochs, 4)}
-    ids = np.concatenate(chosen) if chosen else np.zeros((0, block), np.int32)
-    # Arrow list offsets are int32: past 2**31 tokens they would wrap, so the column is built in chunks of fewer
-    # than 2**31 tokens each (the training store's own offsets are int64: xllama.train.store).
-    rows = max(1, (2**31 - 1) // block)
-    chunks = [pa.ListArray.from_arrays(pa.array(np.arange(0, len(part) * block + 1, block, dtype=np.int32)),
-                                       pa.array(part.reshape(-1)))
-              for part in (ids[i : i + rows] for i in range(0, len(ids), rows))]
-    table = pa.table({
-        "input_ids": pa.chunked_array(chunks, type=pa.list_(pa.int32())),
-        "prompt_length": pa.array(np.zeros(len(ids), dtype=np.int64)),
-    })
-    stats = {"task": MONOLINGUAL, "examples": len(ids), "block_size": block, "token_budget": spec.token_budget,
-             "tokens": int(ids.size), "sampling": "ratios" if spec.ratios is not None else
-             f"temperature {spec.temperature:g}", "languages": stats_langs}
-    return Dataset(table), stats
+    dtype = token_dtype(len(tokenizer))
+    store = Path(writer.directory)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{store.name}.alma-", dir=store.parent) as scratch:
+        scratch = Path(scratch)
+        tokens = _tokens_to_files(dataset, tokenizer, spec.languages, scratch, dtype)
+        shares = language_shares(spec, tokens)
+        quota = allocate_blocks(shares, total)
+        rng = np.random.default_rng(spec.seed)
+        stats_langs = {}
+        for lang in spec.languages:
+            available, want = tokens[lang] // block, quota[lang]
+            if want and not available:
+                raise XllamaError(f"data.monolingual.{lang}: its share is {want} blocks of {block} tokens but its "
+                                  f"text has only {tokens[lang]} tokens (less than one block)")
+            repeats, rest = divmod(want, available) if available else (0, 0)
+            index = np.concatenate([np.tile(np.arange(available), repeats),
+                                    np.sort(rng.choice(available, size=rest, replace=False))]).astype(np.int64)
+            _copy_blocks(writer, scratch / f"{lang}.bin", dtype, block, index)
+            os.remove(scratch / f"{lang}.bin")
+            epochs = want / available if available else 0.0
+            if epochs > 1:
+                log.warning("%s: %d blocks wanted but only %d available: its text is repeated %.2f times", lang,
+                            want, available, epochs)
+            stats_langs[lang] = {"tokens_available": tokens[lang], "blocks_available": available, "blocks": want,
+                                 "share": round(shares[lang], 6), "epochs": round(epochs, 4)}
+    return {"task": MONOLINGUAL, "examples": total, "block_size": block, "token_budget": spec.token_budget,
+            "tokens": total * block, "sampling": "ratios" if spec.ratios is not None else
+            f"temperature {spec.temperature:g}", "languages": stats_langs}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -542,6 +500,8 @@ def load_parallel_text(spec: ParallelSpec):
     import pyarrow as pa
     from datasets import Dataset
 
+    from xllama import __version__
+
     started = time.perf_counter()
     guard, guard_info = _guard(spec)
     report = GuardReport(guard) if guard else None
@@ -559,9 +519,7 @@ def load_parallel_text(spec: ParallelSpec):
                                       f"(e.g. {Path(location) / f'valid.{pair}.json'}), so that training pairs are "
                                       "never taken for validation ones")
                 part = load_parallel(location, a, b, split="train" if split == "train" else "validation")
-                data.source += part.source
-                data.target += part.target
-                data.origin += part.origin
+                data.extend(part)
                 provenance.append(part.provenance)
             index, removed = clean_pairs(data, f"{split}:{pair}", report if split == "train" else None)
             kept = [(data.source[i].strip(), data.target[i].strip()) for i in index]
@@ -576,8 +534,7 @@ def load_parallel_text(spec: ParallelSpec):
             index, drawn = draw(list(range(len(kept))), sizes.get(pair), spec.seed, f"{split}:{pair}")
             for x, y in _directions(spec, a, b):
                 for i in index:
-                    s, t = kept[i]
-                    source, target = (s, t) if x == a else (t, s)
+                    source, target = kept[i] if x == a else kept[i][::-1]
                     for column, value in zip(columns, (x, y, source, target, split)):
                         columns[column].append(value)
                     digest.update(f"{split}\t{x}\t{y}\t{source}\t{target}\n".encode("utf-8"))
@@ -588,13 +545,11 @@ def load_parallel_text(spec: ParallelSpec):
     n_train = columns["split"].count("train")
     if n_train == 0:
         raise XllamaError("no training pairs left after cleaning (empty sides, duplicates, guard)")
-    dataset = Dataset(pa.table({c: pa.array(v, pa.string()) for c, v in columns.items()}))
     by_direction = {}
     for x, y, split in zip(columns["src"], columns["tgt"], columns["split"]):
         by_direction.setdefault(split, {}).setdefault(f"{x}-{y}", 0)
         by_direction[split][f"{x}-{y}"] += 1
-    from xllama import __version__
-
+    dataset = Dataset(pa.table({c: pa.array(v, pa.string()) for c, v in columns.items()}))
     manifest = {
         "format": FORMATS[PARALLEL],
         "version": 1,
@@ -646,28 +601,44 @@ def encode_translations(tokenizer, prompts: list[str], targets: list[str], max_l
     return ids_out, plen_out, kept, stats
 
 
-def tokenize_translations(dataset, tokenizer, max_length: int, split: str = "train", keep_direction: bool = False):
-    """The rows of ``split`` -> (Dataset[input_ids, prompt_length (, direction)], stats) in ALMA's prompt."""
-    import pyarrow as pa
-    from datasets import Dataset
-
+def encode_split(dataset, tokenizer, max_length: int, split: str, emit) -> dict:
+    """Tokenise the rows of ``split`` in ALMA's prompt, batch by batch: ``emit(input_ids, prompt_lengths,
+    directions)`` for each batch; return the statistics."""
     from xllama.prompts import alma_prompt
 
-    rows = dataset.select_columns(["src", "tgt", "source", "target", "split"]).to_dict()
-    index = [i for i, s in enumerate(rows["split"]) if s == split]
-    if not index:
+    stats = {"task": PARALLEL, "split": split, "examples": 0, "dropped_too_long": 0, "boundary_merged": 0,
+             "target_tokens": 0}
+    rows = 0
+    for batch in dataset.select_columns(["src", "tgt", "source", "target", "split"]).iter(batch_size=BATCH):
+        index = [i for i, s in enumerate(batch["split"]) if s == split]
+        rows += len(index)
+        prompts = [alma_prompt(batch["src"][i], batch["tgt"][i], batch["source"][i]) for i in index]
+        ids, plen, kept, counts = encode_translations(tokenizer, prompts, [batch["target"][i] for i in index],
+                                                      max_length)
+        for key, value in counts.items():
+            stats[key] += value
+        stats["target_tokens"] += sum(len(x) - p for x, p in zip(ids, plen))
+        if ids:
+            emit(ids, plen, [f"{batch['src'][index[k]]}-{batch['tgt'][index[k]]}" for k in kept])
+    if not rows:
         raise XllamaError(f"the run's text has no {split} pairs")
-    src, tgt = [rows["src"][i] for i in index], [rows["tgt"][i] for i in index]
-    prompts = [alma_prompt(s, t, rows["source"][i]) for s, t, i in zip(src, tgt, index)]
-    targets = [rows["target"][i] for i in index]
-    ids, plen, kept, stats = encode_translations(tokenizer, prompts, targets, max_length)
-    if not ids:
+    if not stats["examples"]:
         raise XllamaError(f"no {split} example fits in train.max_length={max_length} tokens")
     if stats["dropped_too_long"]:
         log.warning("%d %s examples longer than %d tokens were dropped", stats["dropped_too_long"], split, max_length)
+    return stats
+
+
+def tokenize_translations(dataset, tokenizer, max_length: int, split: str = "train", keep_direction: bool = False):
+    """The rows of ``split`` -> (Dataset[input_ids, prompt_length (, direction)], stats) in memory: for the
+    validation pairs (checkpoint selection); training examples go to the store (:func:`tokenize`)."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    ids, plen, directions = [], [], []
+    stats = encode_split(dataset, tokenizer, max_length, split,
+                         lambda i, p, d: (ids.extend(i), plen.extend(p), directions.extend(d)))
     columns = {"input_ids": pa.array(ids, pa.list_(pa.int32())), "prompt_length": pa.array(plen, pa.int64())}
     if keep_direction:
-        columns["direction"] = pa.array([f"{src[i]}-{tgt[i]}" for i in kept], pa.string())
-    stats = {"task": PARALLEL, "split": split, **stats,
-             "target_tokens": sum(len(x) - p for x, p in zip(ids, plen))}
+        columns["direction"] = pa.array(directions, pa.string())
     return Dataset(pa.table(columns)), stats

@@ -7,7 +7,9 @@ model on the validation pairs stored in the run's data (``data.valid`` of the re
 trainer exports ``final`` (Hugging Face format; for LoRA the adapter plus a merged copy). ``validation.json``
 records every candidate's loss, overall and per direction.
 
-`xllama train` runs it for any stage-2 recipe with validation data, e.g.
+This module is the ``alma-parallel`` task of the trainer's registry (``xllama.train.data.TASK_MODULES``): it
+provides ALMA's data functions (from :mod:`xllama.alma.data`) and :func:`train`, which `xllama train` runs for the
+task: train then select for a recipe with validation data, else the plain trainer. E.g.
   xllama train --recipe alma-quickstart-stage2 --model runs/alma-stage1/final --out runs/alma-stage2
   accelerate launch --config_file recipes/accelerate/fsdp.yaml -m xllama train --recipe alma-7b-stage2 \\
       --out runs/alma-7b-stage2
@@ -24,12 +26,23 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+from xllama.alma.data import load_text, texts, tokenize  # noqa: F401  (the alma-parallel task's data side)
 from xllama.errors import XllamaError
 
 log = logging.getLogger(__name__)
 
 VALIDATION = "validation.json"
 BEST = "best"
+
+
+def train(recipe, run_dir, resume: bool = False, overrides=()) -> dict:
+    """What `xllama train` runs for a stage-2 recipe: with validation pairs (``data.valid``), train and keep the
+    best epoch (:func:`train_and_select`); without, the trainer alone."""
+    if recipe.data.get("valid"):
+        return train_and_select(recipe, run_dir, resume=resume)
+    from xllama.train.trainer import train as train_only
+
+    return train_only(recipe, run_dir, resume=resume, overrides=overrides)
 
 
 def with_epoch_checkpoints(recipe, steps_per_epoch: int):
@@ -66,9 +79,9 @@ def train_and_select(recipe, run_dir, resume: bool = False, stop_after: int | No
     """Train stage 2 (or resume it), then select the best checkpoint by validation loss. Returns the trainer's
     summary plus ``best_model`` and ``validation`` (the candidates' losses)."""
     from accelerate import PartialState
-    from datasets import load_from_disk
 
     from xllama.train.packing import steps_per_epoch
+    from xllama.train.store import open_store
     from xllama.train.trainer import RunDir, prepare_data, train
 
     run = RunDir(Path(run_dir))
@@ -76,15 +89,15 @@ def train_and_select(recipe, run_dir, resume: bool = False, stop_after: int | No
         recipe = _saved_recipe(run)
     _check_recipe(recipe)
     state = PartialState()
+    if state.is_main_process:  # the data first: its size fixes the epoch length (the trainer reuses it)
+        run.root.mkdir(parents=True, exist_ok=True)
+        prepare_data(recipe, run)  # nothing to do when the store exists (an older run's is built here)
+    state.wait_for_everyone()
     if resume and run.summary.is_file() and json.loads(run.summary.read_text())["status"] == "completed":
         log.info("%s: training already completed; selecting the best checkpoint", run.root)
         summary = json.loads(run.summary.read_text())
     else:
-        if state.is_main_process:  # the data first: its size fixes the epoch length (the trainer reuses it)
-            run.root.mkdir(parents=True, exist_ok=True)
-            prepare_data(recipe, run)
-        state.wait_for_everyone()
-        per_epoch = steps_per_epoch(len(load_from_disk(str(run.tokenized))), recipe.train.global_batch_size)
+        per_epoch = steps_per_epoch(len(open_store(run.store)), recipe.train.global_batch_size)
         if not resume:
             recipe = with_epoch_checkpoints(recipe, per_epoch)
         summary = train(recipe, run.root, resume=resume, stop_after=stop_after)
@@ -99,7 +112,6 @@ def select_best(run) -> dict:
     ``best``. Every rank takes part (sharded models need all of them); the main process writes."""
     import torch
     from accelerate import Accelerator
-    from datasets import load_from_disk
 
     from xllama.alma.validate import validation_loss, validation_set
     from xllama.io import atomic_write_json
@@ -108,6 +120,7 @@ def select_best(run) -> dict:
     from xllama.train.attention import choose_attention
     from xllama.train.packing import steps_per_epoch
     from xllama.train.parallel import build_and_shard
+    from xllama.train.store import open_store
     from xllama.train.trainer import choose_device, save_final
 
     recipe = _saved_recipe(run)
@@ -115,7 +128,7 @@ def select_best(run) -> dict:
     if summary["status"] != "completed" or not run.final.is_dir():
         raise XllamaError(f"{run.root}: training has not completed; finish it with --resume first")
     final_step = int(summary["steps"])
-    per_epoch = steps_per_epoch(len(load_from_disk(str(run.tokenized))), recipe.train.global_batch_size)
+    per_epoch = steps_per_epoch(len(open_store(run.store)), recipe.train.global_batch_size)
     use_cpu = choose_device(recipe)
     mixed = "bf16" if recipe.train.precision == "bf16" and not use_cpu else "no"
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=mixed)

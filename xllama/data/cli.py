@@ -166,7 +166,8 @@ def run_build(args: argparse.Namespace) -> int:
     d, where = spec_dict_from_args(args)
     spec = MixSpec.from_dict(d, where=where)
     started = time.perf_counter()
-    dataset, manifest = build_mix(spec, progress=not args.quiet)
+    # scratch files (and the built mix, until it is copied into --out) go beside --out, not into RAM
+    dataset, manifest = build_mix(spec, progress=not args.quiet, scratch_dir=out.resolve().parent)
     write_mix(dataset, manifest, out, overwrite=args.overwrite, progress=not args.quiet)
     seconds = time.perf_counter() - started
     print(f"wrote {manifest['examples']:,} examples to {out} in {seconds:.1f}s")

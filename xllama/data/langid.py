@@ -29,6 +29,29 @@ def sample_texts(texts: list[str], n: int = SAMPLE) -> list[str]:
     return picked[:n]
 
 
+class StrideSample:
+    """Texts spread evenly over a stream of unknown length, in bounded memory: every ``stride``-th text is kept,
+    and once ``2 * n`` are held every other one is dropped and the stride doubles. Deterministic (no seed): the
+    texts at positions 0, stride, 2 * stride, ... of the stream, between n and 2n of them once the stream is
+    longer than 2n. ``sample_texts`` then picks up to n of them, evenly."""
+
+    def __init__(self, n: int = SAMPLE):
+        self.n, self.stride, self.seen = n, 1, 0
+        self.texts: list[str] = []
+
+    def extend(self, count: int, text_of) -> None:
+        """The next ``count`` texts of the stream; ``text_of(j)`` gives the j-th (called only for those kept)."""
+        j = (-self.seen) % self.stride
+        while j < count:
+            self.texts.append(text_of(j)[:MAX_CHARS])
+            if len(self.texts) >= 2 * self.n:
+                self.texts = self.texts[::2]
+                self.stride *= 2
+            position = self.seen + j
+            j = (position // self.stride + 1) * self.stride - self.seen
+        self.seen += count
+
+
 def _detector(languages: list[str]):
     try:
         from lingua import IsoCode639_1, Language, LanguageDetectorBuilder

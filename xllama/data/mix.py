@@ -13,33 +13,46 @@ against a registered evaluation set ("contamination"); drop duplicates ("duplica
 text); then size each source (:mod:`xllama.data.sample`: counts, fractions, language weights or temperature;
 down- or up-sampled). Sub-samples are nested: with the same seed, a 5K sample of a corpus is contained in its 10K
 sample.
+
+The build streams (issue 15): sources are read in batches and their cleaned records written to scratch Arrow
+files, then drawn, de-duplicated and shuffled by index and written in batches to one Arrow file that the
+returned Dataset memory-maps; memory is bounded by the batch size plus a few 8-byte arrays per row, whatever
+the corpus size (``build_mix``; ``benchmarks/data/bench_large.py`` measures it).
 """
 
 from __future__ import annotations
 
+import array
+import hashlib
 import json
 import logging
+import mmap
 import os
 import random
+import shutil
+import tempfile
 import time
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 from xllama.data.guard import ContaminationGuard, GuardReport, guard_manifest, normalize
 from xllama.data.langid import SAMPLE as LANGID_SAMPLE
-from xllama.data.langid import LanguageChecker
+from xllama.data.langid import LanguageChecker, StrideSample
 from xllama.data.sample import allocate, draw, language_shares
 from xllama.data.sources import (
     InstructionData,
     ParallelData,
+    iter_instructions,
+    iter_parallel,
     load_guard,
-    load_instructions,
-    load_parallel,
     text_length,
 )
 from xllama.errors import XllamaError
-from xllama.io import atomic_directory, atomic_write_json, content_hash, read_json
+from xllama.io import atomic_directory, atomic_write_json, read_json
 from xllama.languages import get_language, parse_pair
 from xllama.prompts import translation_instruction
 
@@ -301,54 +314,13 @@ class MixSpec:
                 self.parallel_sizes[key] = _size(count, entry)
 
 
-def _choice(value, choices, where):
-    if value not in choices:
-        raise XllamaError(f"{where}: expected one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _int(value, where, minimum=None):
-    if not isinstance(value, int) or isinstance(value, bool) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        raise XllamaError(f"{where}: expected an integer{bound}, got {value!r}")
-    return value
-
-
-def _size(value, where):
-    """A count (integer >= 0) or a fraction (0 < float <= 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise XllamaError(f"{where}: expected a count (integer) or a fraction in (0, 1], got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise XllamaError(f"{where}: a count must be >= 0, got {value}")
-        return value
-    if not 0 < value <= 1:
-        raise XllamaError(f"{where}: a fraction must be in (0, 1], got {value}; write counts as integers")
-    return float(value)
-
-
-def _language(code, where):
-    try:
-        return get_language(str(code)).code
-    except XllamaError as e:
-        raise XllamaError(f"{where}: {e}") from None
-
-
-def _mapping(value, where) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise XllamaError(f"{where}: expected a mapping, got {value!r}")
-    return value
-
-
-def _locations(value, where) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(isinstance(v, str) and v.strip() for v in items):
-        raise XllamaError(
-            f"{where}: expected a location (path or hf:owner/name[:config]) or a list of them, got {value!r}"
-        )
-    return [v.strip() for v in items]
+# The recipe validators are shared with every spec parser (ALMA's stages, CPO): one check, one message per key.
+from xllama.data.fields import choice as _choice  # noqa: E402
+from xllama.data.fields import integer as _int  # noqa: E402
+from xllama.data.fields import language as _language  # noqa: E402
+from xllama.data.fields import locations as _locations  # noqa: E402
+from xllama.data.fields import mapping as _mapping  # noqa: E402
+from xllama.data.fields import size as _size  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -366,33 +338,49 @@ class _Removed:
         return {"contamination": self.contamination, "duplicates": self.duplicates, "filtered": self.filtered}
 
 
-class _Cleaner:
-    def __init__(self, spec: MixSpec, guard: ContaminationGuard | None):
-        self.spec = spec
-        self.report = GuardReport(guard) if guard else None
+def _digest(fields) -> int:
+    """The duplicate key of normalised fields: an 8-byte blake2b of the fields joined by NUL, as an int. Unlike
+    Python's ``hash()`` (salted per process) it is the same in every process; two different records collide
+    with probability about n^2 / 2^65 (1e-6 for 5M records)."""
+    return int.from_bytes(hashlib.blake2b("\0".join(fields).encode("utf-8"), digest_size=8).digest(), "little")
 
-    def _contaminated(self, name: str, origin: str, *texts: str) -> bool:
-        """``texts`` are normalised."""
-        return self.report is not None and self.report.contaminated(name, origin, *texts)
 
-    def instructions(self, name: str, data: InstructionData) -> tuple[list[int], _Removed]:
-        removed, keep, seen = _Removed(), [], set()
-        for i in range(len(data)):
-            key = (normalize(data.instruction[i]), normalize(data.input[i]), normalize(data.output[i]))
-            if not key[0] or not key[2]:
-                removed.filtered += 1
-            elif self._contaminated(name, data.origin[i], *key):
-                removed.contamination += 1
-            elif self.spec.dedup and hash(key) in seen:
-                removed.duplicates += 1
-            else:
-                seen.add(hash(key))
-                keep.append(i)
-        return keep, removed
+def _screen_instructions(data: InstructionData, name: str, report: GuardReport | None, removed: _Removed):
+    """(index, instruction, input, output (stripped), digest) of the examples that pass: both instruction and
+    output non-empty ("filtered"), no rule of the guard broken ("contamination"). Duplicates are left to the
+    caller."""
+    for i, (ins, inp, out) in enumerate(zip(data.instruction, data.input, data.output)):
+        key = (normalize(ins), normalize(inp), normalize(out))
+        if not key[0] or not key[2]:
+            removed.filtered += 1
+        elif report is not None and report.contaminated(name, data.origin[i], *key):
+            removed.contamination += 1
+        else:
+            yield i, ins.strip(), inp.strip(), out.strip(), _digest(key)
 
-    def pairs(self, name: str, data: ParallelData) -> tuple[list[int], _Removed]:
-        spec = self.spec
-        return clean_pairs(data, name, self.report, spec.dedup, spec.min_length, spec.max_length, spec.max_length_ratio)
+
+def _screen_pairs(data: ParallelData, name: str, report: GuardReport | None, removed: _Removed, min_length: int,
+                  max_length: int | None, max_length_ratio: float | None):
+    """(index, source, target (stripped), digest) of the pairs that pass: no empty, too short/long or too unequal
+    side ("filtered", lengths in text_length units), no rule of the guard broken ("contamination")."""
+    for i, (a, b) in enumerate(zip(data.source, data.target)):
+        a, b = a.strip(), b.strip()
+        if not a or not b:
+            removed.filtered += 1
+            continue
+        la, lb = text_length(a), text_length(b)
+        if (
+            min(la, lb) < min_length
+            or (max_length is not None and max(la, lb) > max_length)
+            or (max_length_ratio is not None and max(la, lb) > max_length_ratio * min(la, lb))
+        ):
+            removed.filtered += 1
+            continue
+        key = (normalize(a), normalize(b))
+        if report is not None and report.contaminated(name, data.origin[i], *key):
+            removed.contamination += 1
+            continue
+        yield i, a, b, _digest(key)
 
 
 def clean_pairs(data: ParallelData, name: str, guard: GuardReport | None = None, dedup: bool = True,
@@ -400,26 +388,10 @@ def clean_pairs(data: ParallelData, name: str, guard: GuardReport | None = None,
                 max_length_ratio: float | None = None) -> tuple[list[int], _Removed]:
     """Indices of the pairs to keep, and what was removed: empty, too short/long or too unequal sides
     ("filtered", lengths in text_length units), evaluation sentences ("contamination"), repeats of a pair
-    ("duplicates": compared by the hash of its normalised sides, so memory stays small)."""
+    ("duplicates": compared by the digest of its normalised sides, so memory stays small)."""
     removed, keep, seen = _Removed(), [], set()
-    for i in range(len(data)):
-        a, b = data.source[i].strip(), data.target[i].strip()
-        la, lb = text_length(a), text_length(b)
-        if (
-            not a
-            or not b
-            or min(la, lb) < min_length
-            or (max_length is not None and max(la, lb) > max_length)
-            or (max_length_ratio is not None and max(la, lb) > max_length_ratio * min(la, lb))
-        ):
-            removed.filtered += 1
-            continue
-        key = (normalize(a), normalize(b))
-        if guard is not None and guard.contaminated(name, data.origin[i], *key):
-            removed.contamination += 1
-            continue
+    for i, _, _, digest in _screen_pairs(data, name, guard, removed, min_length, max_length, max_length_ratio):
         if dedup:
-            digest = hash(key)
             if digest in seen:
                 removed.duplicates += 1
                 continue
@@ -428,9 +400,19 @@ def clean_pairs(data: ParallelData, name: str, guard: GuardReport | None = None,
     return keep, removed
 
 
+def _first_occurrences(digests: np.ndarray) -> np.ndarray:
+    """Positions of the first occurrence of each digest, in order (what a 'seen' set keeps)."""
+    _, first = np.unique(digests, return_index=True)
+    return np.sort(first).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Building
 # ----------------------------------------------------------------------------------------------------------
+
+SCRATCH_BATCH = 4096  # rows per record batch of the scratch files
+GATHER_ROWS = 65536  # rows of the shuffled mix gathered (and written) at a time, at most
+GATHER_BYTES = 16 << 20  # and about this much text (fewer rows when rows are long)
 
 
 def weighted_sizes(spec: MixSpec, cleaned: dict) -> dict:
@@ -464,10 +446,98 @@ def _directions(spec: MixSpec, src: str, tgt: str) -> list[tuple[str, str]]:
     return {"en-x": [forward], "x-en": [backward], "both": [forward, backward]}[spec.directions]
 
 
-def build_mix(spec: MixSpec, progress: bool = True):
-    """Load, clean, sample and shuffle the sources of ``spec``; returns (datasets.Dataset, manifest)."""
-    import pyarrow as pa
-    from datasets import Dataset
+class _ArrowFile:
+    """An Arrow IPC file of one build's scratch folder: written in record batches, read back memory-mapped.
+
+    Reading goes through a Python ``mmap`` so that the pages read can be given back (``madvise(MADV_DONTNEED)``)
+    as soon as a record batch has been gathered from: the file stays in the page cache, but the build's resident
+    memory does not grow with the corpus. (Without it a random gather maps nearly the whole file: the kernel
+    maps up to 16 cached pages around every page touched.)"""
+
+    def __init__(self, path: Path, columns):
+        import pyarrow as pa
+
+        self.path, self.schema = path, pa.schema([(c, pa.string()) for c in columns])
+        self._writer = pa.ipc.new_file(str(path), self.schema)
+        self.rows, self._map, self._batches, self._ranges, self.offsets = 0, None, None, None, None
+
+    def write(self, columns: list[list[str]]) -> None:
+        import pyarrow as pa
+
+        if columns[0]:
+            self._writer.write_batch(pa.record_batch([pa.array(c, pa.string()) for c in columns], schema=self.schema))
+            self.rows += len(columns[0])
+
+    def open(self) -> "_ArrowFile":
+        import pyarrow as pa
+
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        with open(self.path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        whole = pa.py_buffer(self._map)
+        reader = pa.ipc.open_file(whole)
+        self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self.offsets = np.cumsum([0] + [len(b) for b in self._batches], dtype=np.int64)
+        self._ranges = []  # per batch: (first page's offset, length) of its bytes in the mapping
+        for batch in self._batches:
+            buffers = [b for column in batch.columns for b in column.buffers() if b is not None and b.size]
+            start = min((b.address for b in buffers), default=whole.address) - whole.address
+            end = max((b.address + b.size for b in buffers), default=whole.address) - whole.address
+            start -= start % mmap.PAGESIZE
+            self._ranges.append((start, end - start))
+        _release(self._map)
+        return self
+
+    def release(self, batch: int | None = None) -> None:
+        """Give back the pages of one record batch (or of the whole file)."""
+        if batch is None:
+            _release(self._map)
+        elif hasattr(mmap, "MADV_DONTNEED") and self._ranges[batch][1] > 0:
+            self._map.madvise(mmap.MADV_DONTNEED, *self._ranges[batch])
+
+    def take(self, rows: np.ndarray) -> dict[str, list]:
+        """The given rows (any order, repeats allowed) as column lists."""
+        import pyarrow as pa
+
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        which = np.searchsorted(self.offsets, ordered, side="right") - 1
+        bounds = np.flatnonzero(np.diff(which)) + 1
+        parts = []
+        for s, e in zip(np.r_[0, bounds], np.r_[bounds, len(ordered)]):
+            batch = int(which[s])
+            parts.append(self._batches[batch].take(pa.array(ordered[s:e] - self.offsets[batch])))  # a copy
+            self.release(batch)
+        table = pa.Table.from_batches(parts, schema=self.schema)
+        if not np.array_equal(order, np.arange(len(order))):
+            table = table.take(pa.array(np.argsort(order, kind="stable")))
+        return {name: table.column(name).to_pylist() for name in self.schema.names}
+
+
+def _scratch_parent(scratch_dir) -> Path:
+    """Where a build's scratch folder goes: ``scratch_dir``, else $XLLAMA_CACHE/tmp, else the system's temp
+    folder ($TMPDIR)."""
+    if scratch_dir is not None:
+        return Path(scratch_dir)
+    if os.environ.get("XLLAMA_CACHE"):
+        return Path(os.environ["XLLAMA_CACHE"]).expanduser() / "tmp"
+    return Path(tempfile.gettempdir())
+
+
+def build_mix(spec: MixSpec, progress: bool = True, scratch_dir: str | os.PathLike | None = None):
+    """Load, clean, sample and shuffle the sources of ``spec``; returns (datasets.Dataset, manifest).
+
+    Memory stays bounded whatever the corpus size: each source is streamed in batches (``iter_instructions``,
+    ``iter_parallel``), cleaned, and written to a scratch Arrow file; only counts, 8-byte digests and index
+    arrays stay in memory (under 100 bytes per row at the peak of the cross-source de-duplication). The rows are
+    then drawn, de-duplicated across sources and shuffled by index, and written in batches to one Arrow file,
+    which the returned Dataset memory-maps. Scratch files live in a temporary folder under ``scratch_dir``
+    (default: $XLLAMA_CACHE/tmp or $TMPDIR) that is removed when the build ends, with or without an error; the
+    returned Dataset's own file is removed when the Dataset is garbage-collected (or the process ends):
+    ``write_mix`` copies it into the mix folder.
+    """
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -475,131 +545,43 @@ def build_mix(spec: MixSpec, progress: bool = True):
     guard_langs = list(dict.fromkeys([*spec.languages, *instruction_langs,
                                       *(lang for p in pairs for lang in p.split("-"))]))
     guard_locations = spec.guard if spec.guard_enabled else []
-    steps = len(instruction_langs) + len(pairs) + len(guard_locations) + 1
-    bar = tqdm(total=steps, desc="building mix", unit="step", disable=not progress, leave=False)
-    cache: dict = {}
-
-    guard_sets = []
-    for location in guard_locations:
-        bar.set_postfix_str(f"guard {location}")
-        guard_sets.append(load_guard(location, guard_langs))
-        bar.update()
+    guard_sets = [load_guard(location, guard_langs) for location in guard_locations]
     guard = ContaminationGuard(guard_sets) if guard_sets else None
     unused = [f"instructions.{lang}" for lang in spec.instructions if lang not in instruction_langs]
     unused += [f"parallel.{pair}" for pair in spec.parallel if pair not in pairs]
     if unused:
         log.warning("mix %s does not use %s", spec.mix, ", ".join(unused))
-    cleaner = _Cleaner(spec, guard)
+    report = GuardReport(guard) if guard else None
     checker = LanguageChecker(guard_langs, accept_mismatch=spec.accept_language_mismatch)
 
-    columns = {c: [] for c in COLUMNS}
-    sources_info, sizes_info, removed_by_source = [], {}, {}
+    parent = _scratch_parent(scratch_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    final_dir = Path(tempfile.mkdtemp(prefix=".xllama-mix-", dir=parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix=".xllama-scratch-", dir=parent) as scratch:
+            bar = tqdm(desc="reading sources", unit=" records", disable=not progress, leave=False)
+            cleaned, sources_info, removed_by_source = _read_sources(spec, Path(scratch), report, checker, bar)
+            bar.close()
+            if spec.guard_enabled and not guard_sets:
+                log.warning("no evaluation set registered (guard): nothing is checked for contamination")
+            final = final_dir / "mix.arrow"
+            n, counts, sizes_info = _write_rows(spec, cleaned, sources_info, removed_by_source, Path(scratch),
+                                                final, progress)
+        if n == 0:
+            totals = _sum_removed(removed_by_source)
+            raise XllamaError(f"the mix is empty: no example is left after cleaning and sizing (removed: {totals})")
+        dataset = _mapped_dataset(final)
+        weakref.finalize(dataset, shutil.rmtree, str(final_dir), True)
+        digest = _content_hash(final)
+    except BaseException:
+        shutil.rmtree(final_dir, ignore_errors=True)
+        raise
 
-    row_source = []  # per row: (the source's key in removed_by_source, record index): repeats share it
-
-    def add(key, i, name, instruction, input_, output, lang, direction):
-        row_source.append((key, i))
-        columns["instruction"].append(instruction)
-        columns["input"].append(input_)
-        columns["output"].append(output)
-        columns["source"].append(name)
-        columns["lang"].append(lang)
-        columns["direction"].append(direction)
-
-    # 1. load, check the language, clean
-    cleaned = {}  # source name -> (data, kept indices, the language it counts for in weighting)
-    for lang in instruction_langs:
-        name = instruction_source(lang)
-        bar.set_postfix_str(name)
-        data = InstructionData(lang)
-        provenance = []
-        for location in spec.instructions[lang]:
-            part = load_instructions(location, lang, cache)
-            data.extend(part)
-            provenance.append(part.provenance)
-        step = max(1, len(data) // LANGID_SAMPLE)
-        checker.check(f"instructions.{lang}", lang, [f"{a}\n{b}" for a, b in zip(data.instruction[::step],
-                                                                                data.output[::step])],
-                      ", ".join(spec.instructions[lang]))
-        keep, removed = cleaner.instructions(name, data)
-        cleaned[name] = (data, keep, lang)
-        removed_by_source[name] = removed.as_dict()
-        sources_info.append({"source": name, "lang": lang, "kind": "instructions", "loaded": len(data),
-                             "locations": provenance})
-        bar.update()
-    for pair in pairs:
-        src, tgt = pair.split("-")
-        name = f"{TRANSLATION}_{pair}"
-        bar.set_postfix_str(name)
-        data = ParallelData(src, tgt)
-        provenance = []
-        for location in spec.parallel[pair]:
-            part = load_parallel(location, src, tgt, cache)
-            data.source += part.source
-            data.target += part.target
-            data.origin += part.origin
-            provenance.append(part.provenance)
-        locations = ", ".join(spec.parallel[pair])
-        checker.check(f"parallel.{pair} ({src} side)", src, data.source, locations)
-        checker.check(f"parallel.{pair} ({tgt} side)", tgt, data.target, locations)
-        keep, removed = cleaner.pairs(name, data)
-        cleaned[name] = (data, keep, tgt if src == "en" else src)
-        removed_by_source[name] = removed.as_dict()
-        sources_info.append({"source": TRANSLATION, "pair": pair, "kind": "parallel", "loaded": len(data),
-                             "directions": [f"{a}-{b}" for a, b in _directions(spec, src, tgt)],
-                             "locations": provenance})
-        bar.update()
-
-    if spec.guard_enabled and not guard_sets:
-        log.warning("no evaluation set registered (guard): nothing is checked for contamination")
-
-    # 2. sizes (explicit, or by language weights / temperature), then draw: down- or up-sampled
-    sizes, repeat = weighted_sizes(spec, cleaned), spec.upsample or spec.temperature is not None or bool(spec.weights)
-    for info in sources_info:
-        name = info["source"] if info["kind"] == "instructions" else f"{TRANSLATION}_{info['pair']}"
-        data, keep, _ = cleaned[name]
-        keep, sizes_info[name] = draw(keep, sizes.get(name), spec.seed, name, repeat=repeat)
-        info["used" if info["kind"] == "instructions" else "used_pairs"] = len(keep)
-        if info["kind"] == "instructions":
-            lang = info["lang"]
-            for i in keep:
-                add(name, i, name, data.instruction[i].strip(), data.input[i].strip(), data.output[i].strip(), lang, "")
-            continue
-        src, tgt = info["pair"].split("-")
-        for a, b in _directions(spec, src, tgt):
-            lang = b if a == "en" else a if b == "en" else b  # the non-English side (the target if neither)
-            sentences_a = data.source if a == src else data.target
-            sentences_b = data.target if a == src else data.source
-            for i in keep:
-                text = sentences_a[i].strip()
-                instruction = translation_instruction(a, b, key=text)
-                add(name, (i, a), TRANSLATION, instruction, text, sentences_b[i].strip(), lang, f"{a}-{b}")
-
-    # Across sources: the same (instruction, input, output) twice is one example twice.
-    bar.set_postfix_str("shuffle + dataset")
-    # A repeat of the same record (up-sampling) is kept.
-    if spec.dedup:
-        first, order = {}, []
-        for i, key in enumerate(zip(columns["instruction"], columns["input"], columns["output"])):
-            if first.setdefault(key, row_source[i]) != row_source[i]:
-                removed_by_source[row_source[i][0]]["duplicates"] += 1
-                continue
-            order.append(i)
-    else:
-        order = list(range(len(columns["output"])))
-    random.Random(spec.seed).shuffle(order)
-    columns = {c: [values[i] for i in order] for c, values in columns.items()}
-    n = len(order)
-    if n == 0:
-        totals = _sum_removed(removed_by_source)
-        raise XllamaError(f"the mix is empty: no example is left after cleaning and sizing (removed: {totals})")
-
-    dataset = Dataset(pa.table({c: pa.array(columns[c], pa.string()) for c in COLUMNS}))
-    digest = content_hash(columns[c] for c in COLUMNS)  # column by column: one fast JSON dump each
-    bar.update()
-    bar.close()
-
-    groups = Counter(zip(columns["source"], columns["lang"], columns["direction"]))
+    by_source, by_lang, by_direction = Counter(), Counter(), Counter()
+    for (source, lang, direction), count in counts.items():
+        by_source[source] += count
+        by_lang[lang] += count
+        by_direction[direction] += count
     from xllama import __version__
 
     manifest = {
@@ -607,14 +589,14 @@ def build_mix(spec: MixSpec, progress: bool = True):
         "version": 1,
         "examples": n,
         "columns": list(COLUMNS),
-        "by_source": dict(sorted(Counter(columns["source"]).items())),
-        "by_lang": dict(sorted(Counter(columns["lang"]).items())),
-        "by_direction": {k: v for k, v in sorted(Counter(columns["direction"]).items()) if k},
+        "by_source": dict(sorted(by_source.items())),
+        "by_lang": dict(sorted(by_lang.items())),
+        "by_direction": {k: v for k, v in sorted(by_direction.items()) if k},
         "groups": [{"source": s, "lang": lang, "direction": d, "examples": c}
-                   for (s, lang, d), c in sorted(groups.items())],
+                   for (s, lang, d), c in sorted(counts.items())],
         "removed": _sum_removed(removed_by_source),
         "removed_by_source": removed_by_source,
-        **guard_manifest(cleaner.report),
+        **guard_manifest(report),
         "sizes": sizes_info,
         "seed": spec.seed,
         "content_hash": digest,
@@ -628,6 +610,218 @@ def build_mix(spec: MixSpec, progress: bool = True):
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     return dataset, manifest
+
+
+def _read_sources(spec: MixSpec, scratch: Path, report, checker: LanguageChecker, bar):
+    """Pass 1: stream each source, check its language on an evenly spread sample, clean it and write what is
+    left to a scratch Arrow file. Returns {source name: (scratch file, kept positions, weighting language)},
+    the manifest's source records and the removed counts per source."""
+    cleaned, sources_info, removed_by_source = {}, [], {}
+    for lang in spec.instruction_sources():
+        name = instruction_source(lang)
+        bar.set_postfix_str(name)
+        file = _ArrowFile(scratch / f"{name}.arrow", ("instruction", "input", "output"))
+        removed, digests, provenance, loaded = _Removed(), [], [], 0
+        sample = StrideSample(LANGID_SAMPLE)
+        for location in spec.instructions[lang]:
+            provenance.append({})
+            for batch in iter_instructions(location, lang, provenance=provenance[-1]):
+                sample.extend(len(batch), lambda j: f"{batch.instruction[j]}\n{batch.output[j]}")  # noqa: B023
+                columns, batch_digests = ([], [], []), []
+                for _, ins, inp, out, digest in _screen_instructions(batch, name, report, removed):
+                    columns[0].append(ins)
+                    columns[1].append(inp)
+                    columns[2].append(out)
+                    batch_digests.append(digest)
+                file.write(columns)
+                digests.append(np.array(batch_digests, dtype=np.uint64))
+                loaded += len(batch)
+                bar.update(len(batch))
+        checker.check(f"instructions.{lang}", lang, sample.texts, ", ".join(spec.instructions[lang]))
+        cleaned[name] = (file, _dedup(spec, digests, removed), lang)
+        removed_by_source[name] = removed.as_dict()
+        sources_info.append({"source": name, "lang": lang, "kind": "instructions", "loaded": loaded,
+                             "locations": provenance})
+    for pair in spec.pair_sources():
+        src, tgt = pair.split("-")
+        name = f"{TRANSLATION}_{pair}"
+        bar.set_postfix_str(name)
+        file = _ArrowFile(scratch / f"{name}.arrow", ("source", "target"))
+        removed, digests, provenance, loaded = _Removed(), [], [], 0
+        samples = (StrideSample(LANGID_SAMPLE), StrideSample(LANGID_SAMPLE))
+        for location in spec.parallel[pair]:
+            provenance.append({})
+            for batch in iter_parallel(location, src, tgt, provenance=provenance[-1]):
+                samples[0].extend(len(batch), batch.source.__getitem__)
+                samples[1].extend(len(batch), batch.target.__getitem__)
+                columns, batch_digests = ([], []), []
+                for _, a, b, digest in _screen_pairs(batch, name, report, removed, spec.min_length,
+                                                     spec.max_length, spec.max_length_ratio):
+                    columns[0].append(a)
+                    columns[1].append(b)
+                    batch_digests.append(digest)
+                file.write(columns)
+                digests.append(np.array(batch_digests, dtype=np.uint64))
+                loaded += len(batch)
+                bar.update(len(batch))
+        locations = ", ".join(spec.parallel[pair])
+        checker.check(f"parallel.{pair} ({src} side)", src, samples[0].texts, locations)
+        checker.check(f"parallel.{pair} ({tgt} side)", tgt, samples[1].texts, locations)
+        cleaned[name] = (file, _dedup(spec, digests, removed), tgt if src == "en" else src)
+        removed_by_source[name] = removed.as_dict()
+        sources_info.append({"source": TRANSLATION, "pair": pair, "kind": "parallel", "loaded": loaded,
+                             "directions": [f"{a}-{b}" for a, b in _directions(spec, src, tgt)],
+                             "locations": provenance})
+    return cleaned, sources_info, removed_by_source
+
+
+def _dedup(spec: MixSpec, digests: list[np.ndarray], removed: _Removed) -> np.ndarray:
+    """Positions (in the scratch file) of the records kept: the first of each digest, or all without dedup."""
+    digests = np.concatenate(digests) if digests else np.zeros(0, np.uint64)
+    keep = _first_occurrences(digests) if spec.dedup else np.arange(len(digests), dtype=np.int64)
+    removed.duplicates += len(digests) - len(keep)
+    return keep
+
+
+def _write_rows(spec: MixSpec, cleaned: dict, sources_info: list, removed_by_source: dict, scratch: Path,
+                final: Path, progress: bool):
+    """Pass 2: size and draw each source, make its rows (a pair once per direction) into a scratch file in the
+    sources' order, drop rows that repeat an earlier row of another record (the same instruction, input and
+    output), shuffle, and write the rows in that order to ``final`` (Arrow, the ``datasets`` layout).
+    Returns (rows, {(source, lang, direction): rows}, the sizes' accounting)."""
+    from datasets import Features, Value
+    from datasets.arrow_writer import ArrowWriter
+    from tqdm.auto import tqdm
+
+    sizes, repeat = weighted_sizes(spec, cleaned), spec.upsample or spec.temperature is not None or bool(spec.weights)
+    rows = _ArrowFile(scratch / "rows.arrow", ("instruction", "input", "output"))
+    segments, owners = [], []  # per segment (a source in one direction): (source, lang, direction), source name
+    digests, idents = [], []  # per row: digest of (instruction, input, output); (record, segment) identity
+    sizes_info = {}
+    for info in sources_info:
+        name = info["source"] if info["kind"] == "instructions" else f"{TRANSLATION}_{info['pair']}"
+        file, keep, _ = cleaned[name]
+        keep, sizes_info[name] = draw(keep, sizes.get(name), spec.seed, name, repeat=repeat)
+        info["used" if info["kind"] == "instructions" else "used_pairs"] = len(keep)
+        file.open()
+        if info["kind"] == "instructions":
+            todo = [((name, info["lang"], ""), None)]
+        else:
+            src, tgt = info["pair"].split("-")
+            todo = [((TRANSLATION, b if a == "en" else a if b == "en" else b, f"{a}-{b}"), (a, b, a == src))
+                    for a, b in _directions(spec, src, tgt)]
+        for label, direction in todo:
+            segment = len(segments)
+            segments.append(label)
+            owners.append(name)
+            for start in range(0, len(keep), SCRATCH_BATCH):
+                chosen = keep[start:start + SCRATCH_BATCH]
+                columns = file.take(chosen)
+                if direction is None:
+                    out = [columns["instruction"], columns["input"], columns["output"]]
+                else:
+                    a, b, forward = direction
+                    texts, targets = (columns["source"], columns["target"]) if forward else \
+                        (columns["target"], columns["source"])
+                    out = [[translation_instruction(a, b, key=t) for t in texts], texts, targets]
+                rows.write(out)
+                digests.append(np.fromiter((_digest(r) for r in zip(*out)), dtype=np.uint64, count=len(chosen)))
+                idents.append(chosen * 65536 + segment)
+    digests = np.concatenate(digests) if digests else np.zeros(0, np.uint64)
+    idents = np.concatenate(idents) if idents else np.zeros(0, np.int64)
+    segment_of = (idents % 65536).astype(np.int32)
+
+    # Across sources: the same (instruction, input, output) twice is one example twice; a repeat of the same
+    # record (up-sampling) is kept. A row goes when its digest's first row belongs to another record.
+    if spec.dedup and len(digests):
+        by_digest = np.argsort(digests, kind="stable")
+        ordered = digests[by_digest]
+        starts = np.r_[True, ordered[1:] != ordered[:-1]]
+        first_ident = idents[by_digest[starts]][np.cumsum(starts) - 1]
+        dropped = np.zeros(len(digests), dtype=bool)
+        dropped[by_digest] = idents[by_digest] != first_ident
+        del by_digest, ordered, starts, first_ident
+        for segment, count in enumerate(np.bincount(segment_of[dropped], minlength=len(segments))):
+            removed_by_source[owners[segment]]["duplicates"] += int(count)
+        order = np.flatnonzero(~dropped)
+    else:
+        order = np.arange(len(digests), dtype=np.int64)
+    del digests, idents
+    # The seeded shuffle: Python's random.shuffle (as before the streaming build), on an 8-byte-per-row array.
+    order = array.array("q", order.astype(np.int64).tobytes())
+    random.Random(spec.seed).shuffle(order)
+    order = np.frombuffer(order, dtype=np.int64)
+
+    per_segment = np.bincount(segment_of[order], minlength=len(segments))
+    counts = Counter()
+    for label, count in zip(segments, per_segment):
+        if count:
+            counts[label] += int(count)
+    labels = [np.array([label[i] for label in segments] or [""], dtype=object) for i in range(3)]
+    rows.open()
+    features = Features({c: Value("string") for c in COLUMNS})
+    bar = tqdm(total=len(order), desc="writing mix", unit=" rows", disable=not progress, leave=False)
+    row_bytes = rows.path.stat().st_size // max(1, rows.rows) + 1
+    step = min(GATHER_ROWS, max(SCRATCH_BATCH, GATHER_BYTES // row_bytes))
+    with ArrowWriter(features=features, path=str(final)) as writer:
+        for start in range(0, len(order), step):
+            chosen = order[start:start + step]
+            columns = rows.take(chosen)
+            segment = segment_of[chosen]
+            for column, values in zip(("source", "lang", "direction"), labels):
+                columns[column] = values[segment].tolist()
+            writer.write_batch({c: columns[c] for c in COLUMNS})
+            bar.update(len(chosen))
+        writer.finalize()
+    bar.close()
+    return len(order), counts, sizes_info
+
+
+def _map_stream(path: Path):
+    """(mmap, record batches) of an Arrow stream file (the ``datasets`` format), read zero-copy."""
+    import pyarrow as pa
+
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return mapped, list(pa.ipc.open_stream(pa.py_buffer(mapped)))
+
+
+def _release(mapped) -> None:
+    """Give back the pages of a read-only mapping read so far (they stay in the page cache)."""
+    if hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def _mapped_dataset(path: Path):
+    """A Dataset memory-mapped from ``path``, like ``Dataset.from_file``, but through a mapping whose pages
+    read while opening it (pyarrow touches part of every batch) are given back."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import MemoryMappedTable
+
+    mapped, batches = _map_stream(path)
+    table = pa.Table.from_batches(batches)
+    _release(mapped)
+    return Dataset(MemoryMappedTable(table, str(path)))
+
+
+def _content_hash(path: Path) -> str:
+    """``xllama.io.content_hash`` of the mix's columns (one JSON list each, column by column), computed in
+    batches from the Arrow file: the same value as hashing the whole columns at once."""
+    h = hashlib.blake2b(digest_size=16)
+    mapped, batches = _map_stream(path)
+    for column in COLUMNS:
+        h.update(b"[")
+        first = True
+        for batch in batches:
+            if not len(batch):
+                continue
+            text = json.dumps(batch.column(column).to_pylist(), ensure_ascii=False)[1:-1]
+            h.update(text.encode("utf-8") if first else b", " + text.encode("utf-8"))
+            first = False
+            _release(mapped)
+        h.update(b"]\n")
+    return h.hexdigest()
 
 
 def _sum_removed(removed_by_source: dict) -> dict:
@@ -677,13 +871,47 @@ def write_mix(dataset, manifest: dict, out_dir: str | os.PathLike, overwrite: bo
 
 
 def _save(dataset, manifest: dict, tmp: Path) -> None:
-    dataset.save_to_disk(str(tmp))
+    backing = _backing_file(dataset)
+    if backing:
+        _save_file(dataset, backing, tmp)
+    else:
+        dataset.save_to_disk(str(tmp))
     atomic_write_json(tmp / MANIFEST, manifest)
     # temporary files are private (0700/0600); a finished mix gets the usual permissions
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)
     os.chmod(tmp / MANIFEST, 0o666 & ~umask)
+
+
+def _backing_file(dataset) -> str | None:
+    """The Arrow file that holds exactly ``dataset`` (what ``build_mix`` returns), or None (in memory,
+    selected, formatted, several files...)."""
+    from datasets.table import MemoryMappedTable
+
+    table = getattr(dataset, "_data", None)
+    if (isinstance(table, MemoryMappedTable) and getattr(dataset, "_indices", True) is None
+            and all(replay[0] == "replace_schema_metadata" for replay in table.replays)
+            and dataset.format["type"] is None and len(dataset.cache_files) == 1):
+        return dataset.cache_files[0]["filename"]
+    return None
+
+
+def _save_file(dataset, backing: str, tmp: Path) -> None:
+    """What ``Dataset.save_to_disk`` writes (one shard, ``state.json``, ``dataset_info.json``), with the data
+    file copied by the kernel instead of read through memory: a multi-GB mix stays out of resident memory."""
+    from dataclasses import asdict
+
+    name = "data-00000-of-00001.arrow"
+    shutil.copyfile(backing, tmp / name)
+    state = {key: dataset.__dict__[key] for key in
+             ("_fingerprint", "_format_columns", "_format_kwargs", "_format_type", "_output_all_columns")}
+    state["_split"] = str(dataset.split) if dataset.split is not None else None
+    state["_data_files"] = [{"filename": name}]
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+    info = asdict(dataset._info)
+    (tmp / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2),
+                                           encoding="utf-8")
 
 
 def load_mix(path: str | os.PathLike):

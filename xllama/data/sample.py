@@ -19,10 +19,13 @@ It is far too small to teach a model a language: it exists to check that the pip
 
 from __future__ import annotations
 
+import array
 import logging
 import math
 import random
 from pathlib import Path
+
+import numpy as np
 
 from xllama.errors import XllamaError
 from xllama.languages import parse_languages
@@ -30,32 +33,42 @@ from xllama.languages import parse_languages
 log = logging.getLogger(__name__)
 
 
-def draw(indices: list[int], size: int | float | None, seed: int, name: str, repeat: bool = False):
+def draw(indices, size: int | float | None, seed: int, name: str, repeat: bool = False):
     """A seeded, nested sub-sample of ``indices`` -> (chosen indices in order, accounting).
 
     ``size`` is a count, a fraction of what is available, or None (all). More than available: with ``repeat``
     every record is used ``size // available`` times and a nested sample makes up the rest; without, all are used
     once and the shortfall is logged. The accounting: requested, wanted, available, drawn (records in the output,
     repeats included), repeated (drawn beyond the first copy), dropped (available but not drawn).
+
+    ``indices`` is a list (a list is returned) or an int64 numpy array (an array is returned: millions of
+    records stay 8 bytes each). Both draw the same records: the seeded shuffle is Python's ``random.shuffle``,
+    run on an ``array.array`` for arrays.
     """
+    as_array = isinstance(indices, np.ndarray)
     available = len(indices)
     want = available if size is None else round(size * available) if isinstance(size, float) else size
+
+    def shuffled():
+        order = array.array("q", np.asarray(indices, dtype=np.int64).tobytes()) if as_array else list(indices)
+        random.Random(f"{seed}:{name}").shuffle(order)
+        return np.frombuffer(order, dtype=np.int64) if as_array else order
+
     if want == available:
-        chosen = list(indices)
+        chosen = indices.copy() if as_array else list(indices)
     elif want < available:
-        order = list(indices)
-        random.Random(f"{seed}:{name}").shuffle(order)
-        chosen = sorted(order[:want])
+        chosen = np.sort(shuffled()[:want]) if as_array else sorted(shuffled()[:want])
     elif repeat and available:
-        order = list(indices)
-        random.Random(f"{seed}:{name}").shuffle(order)
         copies, rest = divmod(want, available)
-        chosen = sorted(list(indices) * copies + order[:rest])
+        if as_array:
+            chosen = np.sort(np.concatenate([np.tile(indices, copies), shuffled()[:rest]]))
+        else:
+            chosen = sorted(list(indices) * copies + shuffled()[:rest])
     else:
         if want > available:
             log.warning("%s: %d examples requested but only %d available after cleaning; using %d",
                         name, want, available, available)
-        chosen = list(indices)
+        chosen = indices.copy() if as_array else list(indices)
     distinct = min(len(chosen), available)
     return chosen, {"requested": size, "wanted": want, "available": available, "drawn": len(chosen),
                     "used": len(chosen), "repeated": len(chosen) - distinct, "dropped": available - distinct}

@@ -4,9 +4,14 @@ Every loader takes a LOCATION: a local file, a folder of parts (read in natural 
 or ``hf:owner/name[:config]`` for the Hugging Face Hub. Hub repos that still carry a loading script are read
 through the ``json``/``parquet`` builders (see :mod:`xllama.data.hub`), never by running repo code.
 
-Loaders return plain column lists (fast to clean and sample) plus provenance: which files, their size and
-hash, or which Hub repo/config, and for every record where it came from (``file:line`` or ``file:record``),
-so a dropped or suspicious example can be traced back to its source.
+One reader per format, streaming: ``iter_instructions`` and ``iter_parallel`` yield batches (column lists of
+up to ``BATCH_SIZE`` records) from Moses pairs (both files read in lockstep), TSV and JSONL (line by line,
+.gz allowed), parquet (pyarrow ``iter_batches``), folders of parts, and Hub datasets (iterated memory-mapped
+from the ``datasets`` cache). JSON arrays are the exception: they are parsed whole (convert a corpus of
+millions to JSONL). ``load_instructions`` / ``load_parallel`` collect a stream for callers that want it all.
+With the columns comes provenance: which files, their size and hash, or which Hub repo/config, and for every
+record where it came from (``file:line N``; an ``Origins`` sequence that keeps line numbers as ints and makes
+the text on demand), so a dropped or suspicious example can be traced back to its source.
 
 Supported Hub ids (documented in docs and HUB_SOURCES.md):
 
@@ -22,12 +27,17 @@ Supported Hub ids (documented in docs and HUB_SOURCES.md):
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 from xllama.data.hub import hub_url, load_hub_dataset, load_hub_files, parse_location
 from xllama.errors import XllamaError
@@ -109,33 +119,111 @@ def _unknown_format(path: Path, suffixes: tuple[str, ...], what: str) -> XllamaE
 # Reading records (JSON arrays, JSONL, parquet), with record/line numbers for error messages
 # ----------------------------------------------------------------------------------------------------------
 
+BATCH_SIZE = 10_000  # records per batch of the streaming readers
+BATCH_BYTES = 64 << 20  # and at most about this much text per batch of the line readers (Moses, TSV)
+
+
+class Origins:
+    """Where each record came from (``FILE:line N``, ``hf:...:row N``), kept as runs of numbers and turned into
+    text only when asked for, so a corpus of millions of records costs about 8 bytes a record here, not a string.
+
+    A sequence: ``len``, ``origins[i]``, iteration, and ``+=`` (another Origins, or any iterable of strings).
+    """
+
+    def __init__(self):
+        self._runs: list[tuple[str | None, object]] = []  # (prefix, numbers) or (None, list of strings)
+        self._ends: list[int] = []  # cumulative lengths
+
+    def add(self, prefix: str | None, numbers) -> None:
+        """Append records numbered ``numbers`` (a range or an int array) whose origin is ``prefix + number``."""
+        if len(numbers):
+            self._runs.append((prefix, numbers))
+            self._ends.append(len(self) + len(numbers))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, i: int) -> str:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(f"Origins indices must be integers, not {type(i).__name__}")
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"origin {i} out of range ({n} records)")
+        run = bisect.bisect_right(self._ends, i)
+        prefix, numbers = self._runs[run]
+        value = numbers[i - (self._ends[run - 1] if run else 0)]
+        return value if prefix is None else f"{prefix}{value}"
+
+    def __iter__(self):
+        for prefix, numbers in self._runs:
+            if prefix is None:
+                yield from numbers
+            else:
+                for value in numbers:
+                    yield f"{prefix}{value}"
+
+    def __iadd__(self, other) -> "Origins":
+        if isinstance(other, Origins):
+            for prefix, numbers in other._runs:
+                self.add(prefix, numbers)
+        else:
+            self.add(None, list(other))
+        return self
+
+    def __repr__(self) -> str:
+        return f"Origins({len(self)} records)"
+
+
+def iter_records(path: Path) -> Iterator[tuple[str, int, dict]]:
+    """The records of a JSONL / JSON array / parquet file as (kind, number, record), kind 'line', 'record' or
+    'row'. JSONL is streamed line by line and parquet in batches (pyarrow ``iter_batches``); a JSON array is
+    parsed whole (JSON has no streaming parser in the standard library: convert big corpora to JSONL)."""
+    suffix = _suffix(path)
+    if suffix == ".jsonl":
+        for n, record in iter_jsonl(path):
+            yield "line", n, record
+    elif suffix == ".jsonl.gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for n, record in parse_jsonl_lines(path, f):
+                yield "line", n, record
+    elif suffix in (".json", ".json.gz"):
+        yield from _json_records(path)
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        n = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_SIZE):
+            for record in batch.to_pylist():
+                n += 1
+                yield "row", n, record
+    else:
+        raise XllamaError(f"cannot read records from {path}")
+
 
 def read_records(path: Path, cache: dict | None = None) -> tuple[list[tuple[str, dict]], str]:
     """Records of a JSON array / JSONL / parquet file as (label, record) with label 'line N' or 'record N'."""
     key = str(path.resolve())
     if cache is not None and key in cache:
         return cache[key]
-    suffix = _suffix(path)
-    if suffix in (".jsonl", ".jsonl.gz"):
-        if suffix == ".jsonl":
-            records = [(f"line {n}", r) for n, r in iter_jsonl(path)]
-        else:
-            records = list(_iter_gz_jsonl(path))
-    elif suffix in (".json", ".json.gz"):
-        records = _json_records(path)
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        records = [(f"row {n}", r) for n, r in enumerate(pq.read_table(path).to_pylist(), 1)]
-    else:
-        raise XllamaError(f"cannot read records from {path}")
-    result = (records, suffix)
+    result = ([(f"{kind} {n}", r) for kind, n, r in _cached_records(path, cache)], _suffix(path))
     if cache is not None:
         cache[key] = result
     return result
 
 
-def _json_records(path: Path) -> list[tuple[str, dict]]:
+def _cached_records(path: Path, cache: dict | None):
+    """``iter_records(path)``, collected once per ``cache`` (a bilingual file read for two languages)."""
+    if cache is None:
+        return iter_records(path)
+    key = ("records", str(path.resolve()))
+    if key not in cache:
+        cache[key] = list(iter_records(path))
+    return cache[key]
+
+
+def _json_records(path: Path) -> list[tuple[str, int, dict]]:
     """A JSON array of objects; a '.json' file that is really JSON Lines (common on the Hub) is read as such."""
     if path.suffix == ".gz":
         with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -148,7 +236,7 @@ def _json_records(path: Path) -> list[tuple[str, dict]]:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
-            return list(_jsonl_lines(path, text.split("\n")))
+            return [("line", n, r) for n, r in parse_jsonl_lines(path, text.split("\n"))]
         raise XllamaError(f"{path}: line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})") from None
     if not isinstance(doc, list):
         raise XllamaError(f"{path}: expected a JSON array of records, got a JSON {type(doc).__name__}")
@@ -156,18 +244,25 @@ def _json_records(path: Path) -> list[tuple[str, dict]]:
     for n, r in enumerate(doc, 1):
         if not isinstance(r, dict):
             raise XllamaError(f"{path}: record {n}: expected a JSON object, got {type(r).__name__}")
-        records.append((f"record {n}", r))
+        records.append(("record", n, r))
     return records
 
 
-def _jsonl_lines(path: Path, lines):
-    for n, record in parse_jsonl_lines(path, lines):
-        yield f"line {n}", record
+def _iter_binary_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file (.gz allowed), streamed; lines end at '\\n' only (a stray '\\r' or
+    Unicode line separator inside a sentence does not split it), trailing '\\r' removed."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            yield n, _decode(raw, path, n)
 
 
-def _iter_gz_jsonl(path: Path):
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        yield from _jsonl_lines(path, f)
+def _decode(raw: bytes, path: Path, n: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise XllamaError(f"{path}: line {n}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    return (text[:-1] if text.endswith("\n") else text).rstrip("\r")
 
 
 def _text(value, where: str, key: str) -> str:
@@ -176,6 +271,13 @@ def _text(value, where: str, key: str) -> str:
     if isinstance(value, str):
         return value
     raise XllamaError(f"{where}: field {key!r} should be a string, got {type(value).__name__}")
+
+
+def _string(value, where, key: str) -> str:
+    """``value`` as a field's text: a str as is, None as ''; ``where()`` (called only on error) names the record."""
+    if type(value) is str:  # noqa: E721 - the fast path
+        return value
+    return _text(value, where(), key)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,7 +293,7 @@ class InstructionData:
     instruction: list[str] = field(default_factory=list)
     input: list[str] = field(default_factory=list)
     output: list[str] = field(default_factory=list)
-    origin: list[str] = field(default_factory=list)
+    origin: Origins = field(default_factory=Origins)
     provenance: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -229,61 +331,88 @@ def instruction_schema(keys, lang: str, where: str) -> tuple[str, str | None, st
     )
 
 
-def _instructions_from_records(records: list[tuple[str, dict]], lang: str, path: Path) -> InstructionData:
-    data = InstructionData(lang)
-    if not records:
-        return data
-    ki, kin, ko, schema = instruction_schema(records[0][1].keys(), lang, f"{path}: {records[0][0]}")
-    name = str(path)
-    for label, r in records:
-        where = f"{path}: {label}"
+def _instruction_batches(items, lang: str, path: Path, batch_size: int, schemas: set) -> Iterator[InstructionData]:
+    """Batches of instruction examples from (kind, number, record) items of one file."""
+    fields_ = None
+    batch, numbers, kind = InstructionData(lang), [], "record"
+    for kind, n, r in items:
+        where = lambda: f"{path}: {kind} {n}"  # noqa: E731 - built only for an error message
+        if fields_ is None:
+            *fields_, schema = instruction_schema(r.keys(), lang, where())
+            schemas.add(schema)
+            ki, kin, ko = fields_
         try:
             ins, out = r[ki], r[ko]
         except KeyError as e:
-            raise XllamaError(f"{where}: missing field {e.args[0]!r} (the file's first record has it)") from None
-        data.instruction.append(_text(ins, where, ki))
-        data.input.append(_text(r.get(kin), where, kin) if kin else "")
-        data.output.append(_text(out, where, ko))
-        data.origin.append(f"{name}:{label}")
-    data.provenance["schema"] = schema
-    return data
+            raise XllamaError(f"{where()}: missing field {e.args[0]!r} (the file's first record has it)") from None
+        batch.instruction.append(_string(ins, where, ki))
+        batch.input.append(_string(r.get(kin), where, kin) if kin else "")
+        batch.output.append(_string(out, where, ko))
+        numbers.append(n)
+        if len(numbers) == batch_size:
+            batch.origin.add(f"{path}:{kind} ", np.array(numbers, dtype=np.int64))
+            yield batch
+            batch, numbers = InstructionData(lang), []
+    if numbers:
+        batch.origin.add(f"{path}:{kind} ", np.array(numbers, dtype=np.int64))
+        yield batch
 
 
-def _instructions_from_columns(ds, lang: str, where: str, origin_prefix: str) -> InstructionData:
+def _instructions_from_columns(ds, lang: str, where: str, origin_prefix: str, batch_size: int,
+                               provenance: dict) -> Iterator[InstructionData]:
+    """Batches of instruction examples of a (memory-mapped) ``datasets.Dataset``."""
     ki, kin, ko, schema = instruction_schema(ds.column_names, lang, where)
-    data = InstructionData(lang)
-    data.instruction = ["" if v is None else str(v) for v in ds[ki]]
-    data.output = ["" if v is None else str(v) for v in ds[ko]]
-    data.input = ["" if v is None else str(v) for v in ds[kin]] if kin in ds.column_names else [""] * len(ds)
-    data.origin = [f"{origin_prefix}:row {n}" for n in range(1, len(ds) + 1)]
-    data.provenance["schema"] = schema
-    return data
+    provenance["schema"] = schema
+    text = lambda values: ["" if v is None else str(v) for v in values]  # noqa: E731
+    start = 1
+    for columns in ds.iter(batch_size=batch_size):
+        batch = InstructionData(lang, text(columns[ki]), [], text(columns[ko]))
+        batch.input = text(columns[kin]) if kin in columns else [""] * len(batch.output)
+        batch.origin.add(f"{origin_prefix}:row ", range(start, start + len(batch)))
+        start += len(batch)
+        yield batch
+
+
+def iter_instructions(location: str, lang: str, cache: dict | None = None, batch_size: int | None = None,
+                      provenance: dict | None = None) -> Iterator[InstructionData]:
+    """Instruction examples in ``lang`` from a file, a folder of parts, or ``hf:owner/name[:config]``, streamed
+    in batches (``InstructionData`` of up to ``batch_size`` examples). ``provenance`` (a dict, if given) is
+    filled in; it is complete once the stream is exhausted. No examples at all is an error."""
+    lang = get_language(lang).code
+    provenance = {} if provenance is None else provenance
+    batch_size, count = batch_size or BATCH_SIZE, 0
+    hub = parse_location(location)
+    if hub:
+        batches = _hub_instruction_batches(hub[0], hub[1], lang, batch_size, provenance)
+    else:
+        batches = _file_instruction_batches(location, lang, cache, batch_size, provenance)
+    for batch in batches:
+        count += len(batch)
+        yield batch
+    provenance.update(lang=lang, records=count)
+    if not count:
+        raise XllamaError(f"no instruction records in {location}")
+
+
+def _file_instruction_batches(location: str, lang: str, cache, batch_size: int, provenance: dict):
+    path = _existing(location)
+    files = _part_files(path, INSTRUCTION_SUFFIXES, "instruction") if path.is_dir() else [path]
+    infos, schemas = [], set()
+    provenance.update(location=location, files=infos, schema="")
+    for f in files:
+        if _suffix(f) not in INSTRUCTION_SUFFIXES:
+            raise _unknown_format(f, INSTRUCTION_SUFFIXES, "instruction")
+        yield from _instruction_batches(_cached_records(f, cache), lang, f, batch_size, schemas)
+        infos.append(_cached_file_info(f, cache))
+    provenance["schema"] = ",".join(sorted(schemas))
 
 
 def load_instructions(location: str, lang: str, cache: dict | None = None) -> InstructionData:
-    """Instruction examples in ``lang`` from a file, a folder of parts, or ``hf:owner/name[:config]``."""
-    lang = get_language(lang).code
-    hub = parse_location(location)
-    if hub:
-        data = _load_hub_instructions(hub[0], hub[1], lang)
-    else:
-        path = _existing(location)
-        files = _part_files(path, INSTRUCTION_SUFFIXES, "instruction") if path.is_dir() else [path]
-        data = InstructionData(lang)
-        infos, schemas = [], set()
-        for f in files:
-            if _suffix(f) not in INSTRUCTION_SUFFIXES:
-                raise _unknown_format(f, INSTRUCTION_SUFFIXES, "instruction")
-            records, _ = read_records(f, cache)
-            part = _instructions_from_records(records, lang, f)
-            if part.provenance:
-                schemas.add(part.provenance["schema"])
-            data.extend(part)
-            infos.append(_cached_file_info(f, cache))
-        data.provenance = {"location": location, "files": infos, "schema": ",".join(sorted(schemas))}
-    data.provenance.update(lang=lang, records=len(data))
-    if not len(data):
-        raise XllamaError(f"no instruction records in {location}")
+    """Instruction examples in ``lang`` from a file, a folder of parts, or ``hf:owner/name[:config]``
+    (``iter_instructions``, collected)."""
+    data = InstructionData(get_language(lang).code)
+    for batch in iter_instructions(location, lang, cache, provenance=data.provenance):
+        data.extend(batch)
     return data
 
 
@@ -297,7 +426,8 @@ def _cached_file_info(path: Path, cache: dict | None) -> dict:
     return info
 
 
-def _load_hub_instructions(repo: str, config: str | None, lang: str) -> InstructionData:
+def _hub_instruction_batches(repo: str, config: str | None, lang: str, batch_size: int, provenance: dict):
+    """A Hub dataset is read into the ``datasets`` cache (Arrow on disk) and iterated memory-mapped."""
     location = f"hf:{repo}" + (f":{config}" if config else "")
     if repo == BACTRIAN_X:
         # A script repo: read its gzipped JSON directly. 67,017 records = Alpaca + Dolly; keep the Alpaca half.
@@ -307,14 +437,14 @@ def _load_hub_instructions(repo: str, config: str | None, lang: str) -> Instruct
         if "id" not in ds.column_names:
             raise XllamaError(f"{location}: expected an 'id' field in {path} (got {ds.column_names})")
         ds = ds.filter(lambda ids: [str(i).startswith("alpaca-") for i in ids], input_columns="id", batched=True)
-        data = _instructions_from_columns(ds, lang, location, f"{location}/{path}")
-        data.provenance = _hub_info(repo, config, path, len(ds), url=hub_url(repo, path), kept="ids alpaca-*")
+        provenance.update(_hub_info(repo, config, path, len(ds), url=hub_url(repo, path), kept="ids alpaca-*"))
+        prefix = f"{location}/{path}"
     else:
         ds = load_hub_dataset(repo, config, "train")
-        data = _instructions_from_columns(ds, lang, location, location)
-        data.provenance = _hub_info(repo, config, "train", len(ds), fingerprint=getattr(ds, "_fingerprint", None))
-    data.provenance["location"] = location
-    return data
+        provenance.update(_hub_info(repo, config, "train", len(ds), fingerprint=getattr(ds, "_fingerprint", None)))
+        prefix = location
+    provenance["location"] = location
+    yield from _instructions_from_columns(ds, lang, location, prefix, batch_size, {})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -330,33 +460,56 @@ class ParallelData:
     tgt: str
     source: list[str] = field(default_factory=list)
     target: list[str] = field(default_factory=list)
-    origin: list[str] = field(default_factory=list)
+    origin: Origins = field(default_factory=Origins)
     provenance: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def extend(self, other: "ParallelData") -> None:
+        self.source += other.source
+        self.target += other.target
+        self.origin += other.origin
+
 
 def _read_lines(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
-        lines = f.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    return [line for _, line in _iter_binary_lines(path)]
+
+
+def _moses_batches(src_path: Path, tgt_path: Path, src: str, tgt: str, batch_size: int) -> Iterator[ParallelData]:
+    """Two line-aligned files read in lockstep; different line counts name both files and both counts (found
+    when the shorter file ends)."""
+    for path in (src_path, tgt_path):
+        if not path.is_file():
+            raise XllamaError(f"file not found: {path}")
+    opener = lambda p: gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")  # noqa: E731
+    with opener(src_path) as fa, opener(tgt_path) as fb:
+        batch, n, start, size = ParallelData(src, tgt), 0, 1, 0
+        for a, b in itertools.zip_longest(fa, fb):
+            if a is None or b is None:
+                count_a = n + (a is not None) + sum(1 for _ in fa)
+                count_b = n + (b is not None) + sum(1 for _ in fb)
+                raise XllamaError(f"parallel files differ in length: {src_path} has {count_a} lines, "
+                                  f"{tgt_path} has {count_b}")
+            n += 1
+            batch.source.append(_decode(a, src_path, n))
+            batch.target.append(_decode(b, tgt_path, n))
+            size += len(a) + len(b)
+            if len(batch.source) == batch_size or size > BATCH_BYTES:
+                batch.origin.add(f"{src_path}:line ", range(start, n + 1))
+                yield batch
+                batch, start, size = ParallelData(src, tgt), n + 1, 0
+        if batch.source:
+            batch.origin.add(f"{src_path}:line ", range(start, n + 1))
+            yield batch
 
 
 def load_aligned_pair(src_path: Path, tgt_path: Path) -> tuple[list[str], list[str]]:
     """Two line-aligned files; different line counts name both files and both counts."""
-    for path in (src_path, tgt_path):
-        if not path.is_file():
-            raise XllamaError(f"file not found: {path}")
-    source, target = _read_lines(src_path), _read_lines(tgt_path)
-    if len(source) != len(target):
-        raise XllamaError(
-            f"parallel files differ in length: {src_path} has {len(source)} lines, {tgt_path} has {len(target)}"
-        )
-    return source, target
+    data = ParallelData("", "")
+    for batch in _moses_batches(src_path, tgt_path, "", "", BATCH_SIZE):
+        data.extend(batch)
+    return data.source, data.target
 
 
 def moses_files(path: Path, src: str, tgt: str) -> tuple[Path, Path] | None:
@@ -415,34 +568,43 @@ def _pair_getter(schema: str, src: str, tgt: str):
     return lambda r: (r["non_english"], r["english"])
 
 
-def _pairs_from_records(records, src: str, tgt: str, path: Path, data: ParallelData) -> None:
-    if not records:
-        return
-    schema = _pair_schema(records[0][1].keys(), src, tgt, f"{path}: {records[0][0]}")
-    get = _pair_getter(schema, src, tgt)
-    name = str(path)
-    for label, r in records:
-        where = f"{path}: {label}"
+def _pair_batches(items, src: str, tgt: str, path: Path, batch_size: int) -> Iterator[ParallelData]:
+    """Batches of pairs from (kind, number, record) items of one file."""
+    get, schema = None, None
+    batch, numbers, kind = ParallelData(src, tgt), [], "record"
+    for kind, n, r in items:
+        where = lambda: f"{path}: {kind} {n}"  # noqa: E731 - built only for an error message
+        if get is None:
+            schema = _pair_schema(r.keys(), src, tgt, where())
+            get = _pair_getter(schema, src, tgt)
         try:
             a, b = get(r)
         except (KeyError, TypeError):
-            raise XllamaError(f"{where}: expected a {src}/{tgt} pair in the {schema} layout, got {r!r:.200}") from None
-        data.source.append(_text(a, where, src))
-        data.target.append(_text(b, where, tgt))
-        data.origin.append(f"{name}:{label}")
+            raise XllamaError(
+                f"{where()}: expected a {src}/{tgt} pair in the {schema} layout, got {r!r:.200}") from None
+        batch.source.append(_string(a, where, src))
+        batch.target.append(_string(b, where, tgt))
+        numbers.append(n)
+        if len(numbers) == batch_size:
+            batch.origin.add(f"{path}:{kind} ", np.array(numbers, dtype=np.int64))
+            yield batch
+            batch, numbers = ParallelData(src, tgt), []
+    if numbers:
+        batch.origin.add(f"{path}:{kind} ", np.array(numbers, dtype=np.int64))
+        yield batch
 
 
-def _pairs_from_tsv(path: Path, src: str, tgt: str, data: ParallelData) -> None:
+def _tsv_batches(path: Path, src: str, tgt: str, batch_size: int) -> Iterator[ParallelData]:
     """TSV with two columns in the pair's order, a header naming the languages (any order), or WikiMatrix's
-    three columns (score, source, target)."""
-    lines = _read_lines(path)
+    three columns (score, source, target); streamed, blank lines skipped."""
     order, start = (0, 1), 0
-    if lines:
-        head = [c.strip().lower() for c in lines[0].split("\t")]
-        if src in head and tgt in head:
-            order, start = (head.index(src), head.index(tgt)), 1
-    name = str(path)
-    for n, line in enumerate(lines[start:], start + 1):
+    batch, numbers, size = ParallelData(src, tgt), [], 0
+    for n, line in _iter_binary_lines(path):
+        if n == 1:
+            head = [c.strip().lower() for c in line.split("\t")]
+            if src in head and tgt in head:
+                order, start = (head.index(src), head.index(tgt)), 1
+                continue
         if not line.strip():
             continue
         cols = line.split("\t")
@@ -450,9 +612,17 @@ def _pairs_from_tsv(path: Path, src: str, tgt: str, data: ParallelData) -> None:
             cols = cols[1:]
         if len(cols) <= max(order):
             raise XllamaError(f"{path}: line {n}: expected {max(order) + 1} tab-separated columns, got {len(cols)}")
-        data.source.append(cols[order[0]])
-        data.target.append(cols[order[1]])
-        data.origin.append(f"{name}:line {n}")
+        batch.source.append(cols[order[0]])
+        batch.target.append(cols[order[1]])
+        numbers.append(n)
+        size += len(line)
+        if len(numbers) == batch_size or size > BATCH_BYTES:
+            batch.origin.add(f"{path}:line ", np.array(numbers, dtype=np.int64))
+            yield batch
+            batch, numbers, size = ParallelData(src, tgt), [], 0
+    if numbers:
+        batch.origin.add(f"{path}:line ", np.array(numbers, dtype=np.int64))
+        yield batch
 
 
 def _is_number(text: str) -> bool:
@@ -463,37 +633,56 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def load_parallel(location: str, src: str, tgt: str, cache: dict | None = None, split: str = "train") -> ParallelData:
-    """Sentence pairs src->tgt from Moses files (folder, prefix or one of the files), TSV, JSON/JSONL/parquet
-    ``{"translation": {src, tgt}}`` records (one file or a folder of parts), or a Hub corpus (its ``split``)."""
+def iter_parallel(location: str, src: str, tgt: str, cache: dict | None = None, split: str = "train",
+                  batch_size: int | None = None, provenance: dict | None = None) -> Iterator[ParallelData]:
+    """Sentence pairs src->tgt, streamed in batches (``ParallelData`` of up to ``batch_size`` pairs), from Moses
+    files (folder, prefix or one of the files; read in lockstep), TSV, JSON/JSONL/parquet ``{"translation":
+    {src, tgt}}`` records (one file or a folder of parts), or a Hub corpus (its ``split``, memory-mapped from
+    the ``datasets`` cache). ``provenance`` (a dict, if given) is complete once the stream is exhausted. No pairs
+    at all is an error."""
     src, tgt = get_language(src).code, get_language(tgt).code
-    data = ParallelData(src, tgt)
+    provenance = {} if provenance is None else provenance
+    batch_size, count = batch_size or BATCH_SIZE, 0
     hub = parse_location(location)
     if hub:
-        _load_hub_parallel(hub[0], hub[1], data, split)
-        data.provenance["location"] = location
+        batches = _hub_parallel_batches(location, hub[0], hub[1], src, tgt, split, batch_size, provenance)
     else:
-        path = Path(location).expanduser()
-        pair = moses_files(path, src, tgt)
-        if pair:
-            data.source, data.target = load_aligned_pair(*pair)
-            data.origin = [f"{pair[0]}:line {n}" for n in range(1, len(data.source) + 1)]
-            data.provenance = {"location": location, "format": "moses", "files": [file_info(p) for p in pair]}
-        else:
-            path = _existing(location)
-            files = _part_files(path, PARALLEL_SUFFIXES, f"{src}-{tgt} parallel") if path.is_dir() else [path]
-            for f in files:
-                suffix = _suffix(f)
-                if suffix in (".tsv", ".tsv.gz"):
-                    _pairs_from_tsv(f, src, tgt, data)
-                elif suffix in PARALLEL_SUFFIXES:
-                    _pairs_from_records(read_records(f, cache)[0], src, tgt, f, data)
-                else:
-                    raise _unknown_format(f, PARALLEL_SUFFIXES + (f"PREFIX.{src} + PREFIX.{tgt}",), "parallel")
-            data.provenance = {"location": location, "format": "records", "files": [file_info(f) for f in files]}
-    data.provenance.update(pair=f"{src}-{tgt}", pairs=len(data))
-    if not len(data):
+        batches = _file_parallel_batches(location, src, tgt, cache, batch_size, provenance)
+    for batch in batches:
+        count += len(batch)
+        yield batch
+    provenance.update(pair=f"{src}-{tgt}", pairs=count)
+    if not count:
         raise XllamaError(f"no {src}-{tgt} sentence pairs in {location}")
+
+
+def _file_parallel_batches(location: str, src: str, tgt: str, cache, batch_size: int, provenance: dict):
+    path = Path(location).expanduser()
+    pair = moses_files(path, src, tgt)
+    if pair:
+        provenance.update(location=location, format="moses", files=[file_info(p) for p in pair])
+        yield from _moses_batches(*pair, src, tgt, batch_size)
+        return
+    path = _existing(location)
+    files = _part_files(path, PARALLEL_SUFFIXES, f"{src}-{tgt} parallel") if path.is_dir() else [path]
+    infos = []
+    provenance.update(location=location, format="records", files=infos)
+    for f in files:
+        suffix = _suffix(f)
+        if suffix in (".tsv", ".tsv.gz"):
+            yield from _tsv_batches(f, src, tgt, batch_size)
+        elif suffix in PARALLEL_SUFFIXES:
+            yield from _pair_batches(_cached_records(f, cache), src, tgt, f, batch_size)
+        else:
+            raise _unknown_format(f, PARALLEL_SUFFIXES + (f"PREFIX.{src} + PREFIX.{tgt}",), "parallel")
+    infos += [file_info(f) for f in files]
+
+
+def load_parallel(location: str, src: str, tgt: str, cache: dict | None = None, split: str = "train") -> ParallelData:
+    """Sentence pairs src->tgt from one location (``iter_parallel``, collected)."""
+    data = ParallelData(get_language(src).code, get_language(tgt).code)
+    for batch in iter_parallel(location, src, tgt, cache, split, provenance=data.provenance):
+        data.extend(batch)
     return data
 
 
@@ -505,29 +694,34 @@ def default_hub_config(repo: str, src: str, tgt: str) -> str:
     return "-".join(sorted((src, tgt)))
 
 
-def _load_hub_parallel(repo: str, config: str | None, data: ParallelData, split: str = "train") -> None:
-    src, tgt = data.src, data.tgt
+def _hub_parallel_batches(location: str, repo: str, config: str | None, src: str, tgt: str, split: str,
+                          batch_size: int, provenance: dict) -> Iterator[ParallelData]:
+    """A Hub corpus is read into the ``datasets`` cache (Arrow on disk) and iterated memory-mapped."""
     config = config or default_hub_config(repo, src, tgt)
     ds = load_hub_dataset(repo, config, split)
     where = f"hf:{repo}:{config}" + ("" if split == "train" else f" ({split})")
     schema = _pair_schema(ds.column_names, src, tgt, where)
-    if schema == "translation":
-        pairs = ds["translation"]
-        try:
-            data.source = [p[src] for p in pairs]
-            data.target = [p[tgt] for p in pairs]
-        except (KeyError, TypeError):
-            first = repr(pairs[0])[:200]
-            raise XllamaError(f"{where}: 'translation' records lack {src!r} or {tgt!r} (first: {first})") from None
-    elif schema == "columns":
-        data.source, data.target = list(ds[src]), list(ds[tgt])
-    else:
-        en, other = list(ds["english"]), list(ds["non_english"])
-        data.source, data.target = (en, other) if src == "en" else (other, en)
-    data.source = ["" if s is None else str(s) for s in data.source]
-    data.target = ["" if s is None else str(s) for s in data.target]
-    data.origin = [f"{where}:row {n}" for n in range(1, len(ds) + 1)]
-    data.provenance = _hub_info(repo, config, split, len(ds), fingerprint=getattr(ds, "_fingerprint", None))
+    provenance.update(_hub_info(repo, config, split, len(ds), fingerprint=getattr(ds, "_fingerprint", None)))
+    provenance["location"] = location
+    text = lambda values: ["" if s is None else str(s) for s in values]  # noqa: E731
+    start = 1
+    for columns in ds.iter(batch_size=batch_size):
+        batch = ParallelData(src, tgt)
+        if schema == "translation":
+            pairs = columns["translation"]
+            try:
+                batch.source, batch.target = text(p[src] for p in pairs), text(p[tgt] for p in pairs)
+            except (KeyError, TypeError):
+                first = repr(pairs[0])[:200]
+                raise XllamaError(f"{where}: 'translation' records lack {src!r} or {tgt!r} (first: {first})") from None
+        elif schema == "columns":
+            batch.source, batch.target = text(columns[src]), text(columns[tgt])
+        else:
+            en, other = text(columns["english"]), text(columns["non_english"])
+            batch.source, batch.target = (en, other) if src == "en" else (other, en)
+        batch.origin.add(f"{where}:row ", range(start, start + len(batch)))
+        start += len(batch)
+        yield batch
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ time (``-100`` for the prompt), which halves the storage and the work.
 
 from __future__ import annotations
 
+import string
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 
 from xllama.errors import XllamaError
-from xllama.prompts import alpaca_prompt
+from xllama.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, alpaca_prompt
 
 IGNORE_INDEX = -100
 
@@ -28,26 +30,147 @@ class TokenizeStats:
         return {"examples": self.examples, "truncated": self.truncated, "dropped_no_target": self.dropped_no_target}
 
 
+def _fast_backend(tokenizer):
+    """The Rust ``tokenizers.Tokenizer`` behind a fast tokenizer, with padding and truncation off; else None."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not (getattr(tokenizer, "is_fast", False) and hasattr(backend, "encode_batch_fast")):
+        return None
+    if backend.padding is not None or backend.truncation is not None:
+        backend.no_padding()  # left on the backend by an earlier tokenizer(..., padding=...) call
+        backend.no_truncation()
+    return backend
+
+
 def batch_encode(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
     """Token ids for many texts. Uses the Rust backend's ``encode_batch_fast`` (no offsets) where available:
     about twice as fast as ``tokenizer(texts)`` with identical ids."""
-    backend = getattr(tokenizer, "_tokenizer", None)
-    if getattr(tokenizer, "is_fast", False) and hasattr(backend, "encode_batch_fast"):
-        if backend.padding is not None or backend.truncation is not None:
-            backend.no_padding()  # left on the backend by an earlier tokenizer(..., padding=...) call
-            backend.no_truncation()
+    backend = _fast_backend(tokenizer)
+    if backend is not None:
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)]
     return tokenizer(texts, add_special_tokens=add_special_tokens, return_attention_mask=False)["input_ids"]
 
 
-def encode_pairs(tokenizer, prompts: list[str], responses: list[str], max_length: int, add_eos: bool = True):
+# --- Alpaca prompts without re-tokenising the template -------------------------------------------------------
+# Half the tokens of an Alpaca prompt are its fixed template (33 of 66 on the x-LLaMA zh mix). A prompt is
+# head + core + tail, where the head is the preamble up to "### Instruction:\n", the core is the instruction
+# (with "\n\n### Input:\n" and the input when there is one) and the tail is "\n\n### Response:". When the
+# tokenizer's pre-tokenisation splits at the newlines around the core, the prompt's ids are exactly
+# ids(head) + ids(core) + ids(tail), so only the core is tokenised. A GPT-2-style byte-level BPE (SmolLM2, GPT-2,
+# the BPE of xllama.modeling) does split there whenever the core starts and ends with a character that is
+# neither whitespace nor an invisible format character. Each tokenizer is checked on probe prompts and not
+# spliced at all if one differs (the verdict is kept per tokenizer object until its normaliser, pre-tokenizer,
+# post-processor or added tokens change); a prompt that is not an Alpaca prompt, or whose core starts or ends
+# with such a character, is tokenised whole.
+
+def _literals(template: str) -> list[str]:
+    return [literal for literal, _, _, _ in string.Formatter().parse(template)]
+
+
+_HEAD_INPUT, _, _TAIL = _literals(ALPACA_WITH_INPUT)
+_HEAD_NO_INPUT, _TAIL_NO_INPUT = _literals(ALPACA_NO_INPUT)
+assert _TAIL == _TAIL_NO_INPUT and not _HEAD_INPUT.startswith(_HEAD_NO_INPUT)
+assert not _HEAD_NO_INPUT.startswith(_HEAD_INPUT)
+# The characters the core may not start or end with: whitespace, and format characters that some regex
+# engines' \s or normalisers treat as space (U+180E was whitespace before Unicode 6.3).
+_UNSAFE_EDGE = frozenset("\u180e\u200b\u200c\u200d\u2060\ufeff")
+# Probe fields: the classes of characters a core can start or end with (letters of several scripts, digits,
+# punctuation, apostrophes, emoji, an added special token), and inner newlines and spaces.
+_PROBES = (
+    ("Write a poem about the sea.", ""), ("hello", "world"), ("42", "3.14 is pi"), ("'s and 'll", "don't"),
+    ('"Quoted"', "(parenthesised)"), ("-dash-", "#tag"), ("你好，世界。", "日本語のテキスト"),
+    ("😀 smile 🎉", "émigré café"), ("Привет, мир!", "नमस्ते मित्र"), ("مرحبا", "a\n\nb\n c\t d"),
+    ("x  y", "…"), ("<|endoftext|>", "end <|endoftext|>"), ("Ünïcödé", "1\n2"), ("?", "!"),
+)
+
+
+@dataclass(frozen=True)
+class _AlpacaSplicer:
+    heads: tuple[tuple[str, list[int]], ...]  # (head text, its ids with any special tokens the tokenizer prepends)
+    tail_ids: list[int]  # the tail's ids with any special tokens the tokenizer appends
+
+    @classmethod
+    def for_tokenizer(cls, backend) -> _AlpacaSplicer | None:
+        """The splicer for this Rust tokenizer, or None when splicing would not reproduce its ids."""
+        added = backend.get_added_tokens_decoder().values()
+        if any(t.lstrip or t.rstrip or "\n" in t.content for t in added):
+            return None  # an added token that eats whitespace or spans a newline can cross the template's edges
+        plain = backend.encode("x", add_special_tokens=False).ids
+        special = backend.encode("x", add_special_tokens=True).ids
+        start = next((k for k in range(len(special) - len(plain) + 1) if special[k:k + len(plain)] == plain), None)
+        if start is None:
+            return None
+        before, after = special[:start], special[start + len(plain):]
+        literals = backend.encode_batch_fast([_HEAD_INPUT, _HEAD_NO_INPUT, _TAIL], add_special_tokens=False)
+        ids = [e.ids for e in literals]
+        splicer = cls(((_HEAD_INPUT, before + ids[0]), (_HEAD_NO_INPUT, before + ids[1])), ids[2] + after)
+        prompts = [alpaca_prompt(i, x) for i, x in _PROBES]
+        whole = [e.ids for e in backend.encode_batch_fast(prompts, add_special_tokens=True)]
+        return splicer if splicer.encode(backend, prompts)[0] == whole else None
+
+    def split(self, prompt: str) -> tuple[list[int], str] | None:
+        """(head ids, core) of an Alpaca prompt whose core can be spliced; None for any other prompt."""
+        if not prompt.endswith(_TAIL):
+            return None
+        for head, head_ids in self.heads:
+            if prompt.startswith(head):
+                core = prompt[len(head):len(prompt) - len(_TAIL)]
+                if core and _safe_edge(core[0]) and _safe_edge(core[-1]):
+                    return head_ids, core
+                return None
+        return None
+
+    def encode(self, backend, prompts: list[str], responses: list[str] = ()) -> tuple[list[list[int]], list]:
+        """(ids of each prompt, with special tokens; ids of each response, without). Cores and responses are
+        tokenised in one call; prompts that cannot be spliced are tokenised whole."""
+        splits = [self.split(p) for p in prompts]
+        cores = [s[1] for s in splits if s is not None]
+        encoded = backend.encode_batch_fast(cores + list(responses), add_special_tokens=False)
+        core_ids = iter(encoded[:len(cores)])
+        whole = [p for p, s in zip(prompts, splits) if s is None]
+        whole_ids = iter(backend.encode_batch_fast(whole, add_special_tokens=True) if whole else ())
+        tail = self.tail_ids
+        prompt_ids = [next(whole_ids).ids if s is None else s[0] + next(core_ids).ids + tail for s in splits]
+        return prompt_ids, [e.ids for e in encoded[len(cores):]]
+
+
+def _safe_edge(char: str) -> bool:
+    return not char.isspace() and char not in _UNSAFE_EDGE
+
+
+_SPLICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (backend, fingerprint, splicer)
+
+
+def _splicer_for(tokenizer, backend) -> _AlpacaSplicer | None:
+    """``_AlpacaSplicer.for_tokenizer``, probed once per tokenizer (probing costs about 1 ms, checking the
+    fingerprint 30 us) and again whenever anything that decides how a prompt is split has changed."""
+    parts = (backend.normalizer, backend.pre_tokenizer, backend.post_processor)
+    added = backend.get_added_tokens_decoder()
+    fingerprint = (tuple(p.__getstate__() if p is not None else None for p in parts),
+                   tuple((i, t.content, t.lstrip, t.rstrip, t.single_word, t.normalized) for i, t in added.items()))
+    cached = _SPLICERS.get(tokenizer)
+    if cached is not None and cached[0] is backend and cached[1] == fingerprint:
+        return cached[2]
+    splicer = _AlpacaSplicer.for_tokenizer(backend)
+    _SPLICERS[tokenizer] = (backend, fingerprint, splicer)
+    return splicer
+
+
+def encode_pairs(tokenizer, prompts: list[str], responses: list[str], max_length: int, add_eos: bool = True,
+                 *, splice: bool = True):
     """Encode (prompt, response) pairs -> (input_ids lists, prompt lengths, stats).
 
     The response is followed by EOS so the model learns to stop. Examples longer than ``max_length`` keep their
     prompt and lose the end of the response; those whose prompt leaves no room for a target token are dropped.
+    Alpaca prompts are spliced from the template's pre-computed ids where that gives the same ids as tokenising
+    the prompt whole (see ``_AlpacaSplicer``); ``splice=False`` always tokenises whole prompts.
     """
-    enc_p = batch_encode(tokenizer, prompts, add_special_tokens=True)
-    enc_r = batch_encode(tokenizer, responses, add_special_tokens=False)
+    backend = _fast_backend(tokenizer)
+    splicer = _splicer_for(tokenizer, backend) if splice and backend is not None else None
+    if splicer is None:
+        enc_p = batch_encode(tokenizer, prompts, add_special_tokens=True)
+        enc_r = batch_encode(tokenizer, responses, add_special_tokens=False)
+    else:
+        enc_p, enc_r = splicer.encode(backend, prompts, responses)
     eos = [tokenizer.eos_token_id] if add_eos else []
     ids_out, plen_out = [], []
     stats = TokenizeStats()
@@ -65,36 +188,27 @@ def encode_pairs(tokenizer, prompts: list[str], responses: list[str], max_length
     return ids_out, plen_out, stats
 
 
-def tokenize_instructions(dataset, tokenizer, max_length: int, batch_size: int = 2000, num_proc: int | None = None):
-    """Tokenise an instruction mix (columns instruction/input/output) into input_ids + prompt_length.
+def tokenize_instructions(dataset, tokenizer, max_length: int, writer, batch_size: int = 2000) -> dict:
+    """Tokenise an instruction mix (columns instruction/input/output) straight into a token store.
 
-    Returns (tokenised datasets.Dataset, stats dict). Raises when nothing trainable is left.
+    The text is read ``batch_size`` rows at a time (a memory-mapped Dataset stays on disk) and each batch's
+    input_ids and prompt lengths go to ``writer`` (:class:`xllama.train.store.StoreWriter`), so memory does not
+    grow with the data. Returns the stats dict. Raises when nothing trainable is left.
     """
     totals = TokenizeStats()
-
-    def _map(batch):
+    for batch in dataset.select_columns(["instruction", "input", "output"]).iter(batch_size=batch_size):
         prompts = [alpaca_prompt(i, x) for i, x in zip(batch["instruction"], batch["input"])]
         ids, plen, stats = encode_pairs(tokenizer, prompts, batch["output"], max_length)
+        writer.add(ids, plen)
+        totals.examples += stats.examples
         totals.truncated += stats.truncated
         totals.dropped_no_target += stats.dropped_no_target
-        return {"input_ids": ids, "prompt_length": plen}
-
-    out = dataset.map(
-        _map,
-        batched=True,
-        batch_size=batch_size,
-        num_proc=num_proc,
-        remove_columns=dataset.column_names,
-        desc="tokenising",
-        load_from_cache_file=False,
-    )
-    totals.examples = len(out)
     if totals.examples == 0:
         raise XllamaError(
             f"the dataset has no trainable tokens: all {len(dataset)} examples were empty or had a prompt of "
             f"{max_length} tokens or more (max_length={max_length})"
         )
-    return out, totals.as_dict()
+    return totals.as_dict()
 
 
 def labels_for(input_ids: np.ndarray, prompt_length: int) -> np.ndarray:

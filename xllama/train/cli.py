@@ -46,27 +46,22 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{recipe.name}-{'-'.join(languages or ['default'])}"
 
     if args.dry_run:
-        from xllama.train.trainer import RunDir, _settle_config, prepare_data
+        from xllama.train.trainer import RunDir, _settle_config, data_stats, prepare_data
 
         run_dir = RunDir(out)
         recipe = _settle_config(recipe, run_dir, args.resume, overrides)
         prepare_data(recipe, run_dir)
         manifest = json.loads((run_dir.data / "manifest.json").read_text())
-        stats = json.loads((run_dir.tokenized / "stats.json").read_text())
+        stats = data_stats(run_dir)
         print(json.dumps({"run_dir": str(out), "manifest": manifest, "tokenized": stats}, indent=2, ensure_ascii=False))
         return 0
 
-    from xllama.train.trainer import train
+    from xllama.train.data import task_train
 
-    if recipe.task == "alma-parallel" and recipe.data.get("valid"):  # ALMA stage 2: keep the best epoch
-        from xllama.alma.stage2 import train_and_select
-
-        summary = train_and_select(recipe, out, resume=args.resume)
-        validation = summary.pop("validation", None)
-        for c in (validation or {}).get("candidates", []):
-            print(f"{c['name']:>12}  epoch {c['epoch']:<6g} validation loss {c['loss']:.4f}")
-    else:
-        summary = train(recipe, out, resume=args.resume, overrides=overrides)
+    summary = task_train(recipe.task)(recipe, out, resume=args.resume, overrides=overrides)
+    validation = summary.pop("validation", None)  # a task that selects among checkpoints (ALMA stage 2)
+    for c in (validation or {}).get("candidates", []):
+        print(f"{c['name']:>12}  epoch {c['epoch']:<6g} validation loss {c['loss']:.4f}")
     print(json.dumps(summary, indent=2) if args.json else describe(summary, recipe, out, languages))
     return 0
 

@@ -31,11 +31,14 @@ class TokenStore:
     prompt_lengths: np.ndarray
     # Examples made of several sequences packed as one unit (a preference pair: prompt + preferred, prompt +
     # dis-preferred): per example, ((length, prompt_length), ...) of its sequences in order; None: one each.
-    # Columns ``sequence_lengths`` and ``sequence_prompt_lengths`` of the tokenised set.
+    # segments.json in the on-disk store (StoreWriter.add's ``segments``).
     segments: list | None = None
 
     @classmethod
     def from_dataset(cls, dataset) -> "TokenStore":
+        """A small tokenised ``datasets`` set in memory (columns input_ids, prompt_length; optionally
+        sequence_lengths, sequence_prompt_lengths): the ALMA validation set. Training data is never held this
+        way: tasks write it into the on-disk store (:class:`xllama.train.store.StoreWriter`)."""
         table = dataset.with_format("numpy")
         lengths = np.fromiter((len(x) for x in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

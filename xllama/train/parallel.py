@@ -15,7 +15,7 @@ device, the process group and DeepSpeed. Everything else is applied here, from r
   device; after sharding, ``set_model_state_dict(..., broadcast_from_rank0=True)`` sends every rank its shard.
 - DeepSpeed ZeRO-3 when accelerate was launched with a DeepSpeed config: accelerate prepares the engine, and
   the recipe's ``train.max_grad_norm`` is written into the DeepSpeed config (DeepSpeed clips inside its step).
-- One process: the model on the device; on a GPU with ``precision: bf16``, bf16 autocast over fp32 weights.
+- One process: the model on the device; with ``precision: bf16``, bf16 autocast over fp32 weights (GPU or CPU).
 
 The effective plan (read back from the sharded model, not from the request) is printed at start and written to
 ``RUN/plan.json``.
@@ -73,14 +73,16 @@ def torch_dtype(name: str):
         raise XllamaError(f"unknown dtype {name!r}; expected one of {', '.join(sorted(set(DTYPES)))}") from None
 
 
-def mixed_precision_policy(precision: str, reduce_dtype: str, use_cpu: bool = False):
+def mixed_precision_policy(precision: str, reduce_dtype: str):
     """FSDP2's policy: compute in bf16 (``precision: bf16``) or fp32, reduce gradients in ``reduce_dtype``.
 
-    On a CPU the compute dtype is fp32 whatever the recipe says (bf16 compute is a GPU setting)."""
+    The same on a CPU: FSDP2 all-gathers bf16 parameters and reduce-scatters fp32 or bf16 gradients over gloo
+    (torch 2.13; tests/test_parallel_bf16.py runs both on 2 processes), so ``precision: bf16`` computes in bf16
+    wherever it runs and the CPU recipes ask for ``fp32``."""
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    param = torch.bfloat16 if precision == "bf16" and not use_cpu else torch.float32
+    param = torch.bfloat16 if precision == "bf16" else torch.float32
     return MixedPrecisionPolicy(param_dtype=param, reduce_dtype=torch_dtype(reduce_dtype))
 
 
@@ -119,7 +121,8 @@ def build_and_shard(build, recipe, accelerator, attn_implementation: str):
         model = build(meta=False)
         if engine == "single":
             model.to(device)
-        compute = "bfloat16" if t.precision == "bf16" and not use_cpu else "float32"
+        # one process: bf16 autocast on the CPU too (torch.autocast("cpu")); DeepSpeed casts by its config, GPU only
+        compute = "bfloat16" if t.precision == "bf16" and (engine == "single" or not use_cpu) else "float32"
         plan = Plan(engine=engine, world_size=world, device=str(device), attn_implementation=attn_implementation,
                     param_dtype=compute, reduce_dtype=None if engine == "single" else compute,
                     master_dtype=_dtype_name(next(model.parameters()).dtype),
@@ -143,7 +146,7 @@ def build_and_shard(build, recipe, accelerator, attn_implementation: str):
         full_state, buffers = {}, None
         with torch.device("meta"):
             model = build(meta=True)
-    policy = mixed_precision_policy(t.precision, t.reduce_dtype, use_cpu)
+    policy = mixed_precision_policy(t.precision, t.reduce_dtype)
     offload = CPUOffloadPolicy() if t.cpu_offload else None
     kwargs = {"mp_policy": policy, **({"offload_policy": offload} if offload else {})}
     units = []
@@ -212,7 +215,7 @@ def configure_deepspeed(accelerator, recipe) -> None:
 
 
 def autocast(plan: Plan):
-    """bf16 autocast for a single GPU process (FSDP2 casts by its policy; DeepSpeed by its config)."""
+    """bf16 autocast for a single process, GPU or CPU (FSDP2 casts by its policy; DeepSpeed by its config)."""
     import torch
 
     if plan.engine == "single" and plan.param_dtype == "bfloat16":

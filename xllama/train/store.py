@@ -103,7 +103,14 @@ class StoreWriter:
         if segments is not None or self.segments is not None:
             if segments is None or len(segments) != len(lengths) or (self.segments is None and self.examples):
                 raise XllamaError("token store: segments must be given for every example or for none")
-            self.segments = (self.segments or []) + [[(int(n), int(p)) for n, p in seqs] for seqs in segments]
+            batch = [[(int(n), int(p)) for n, p in seqs] for seqs in segments]
+            for k, (seqs, length) in enumerate(zip(batch, lengths.tolist())):
+                if sum(n for n, _ in seqs) != length or any(not 0 <= p <= n for n, p in seqs):
+                    raise XllamaError(f"token store: example {self.examples + k} has {length} tokens but segments "
+                                      f"{seqs} ((length, prompt length) per sequence)")
+            if self.segments is None:
+                self.segments = []
+            self.segments.extend(batch)  # in place: no copy of the list per batch
         np.asarray(tokens).astype(self.dtype, copy=False).tofile(self._tokens)
         lengths.tofile(self._lengths)
         prompts.tofile(self._prompts)
@@ -146,9 +153,11 @@ class StoreWriter:
         atomic_write_json(tmp / "meta.json", self.meta)
 
 
-def write_store(dataset, directory: Path, vocab_size: int, batch_size: int = 16384, progress: bool = True) -> dict:
+def write_store(dataset, directory: Path, vocab_size: int, batch_size: int = 16384, progress: bool = True,
+                stats: dict | None = None) -> dict:
     """Write a tokenised ``datasets`` table (columns input_ids, prompt_length; optionally sequence_lengths and
-    sequence_prompt_lengths) as a store in ``directory``, batch by batch."""
+    sequence_prompt_lengths) as a store in ``directory``, batch by batch, with ``stats`` as stats.json. Tasks
+    write into a :class:`StoreWriter` directly; this converts the ``RUN/tokenized`` set of older run directories."""
     import pyarrow.compute as pc
 
     for column in ("input_ids", "prompt_length"):
@@ -165,6 +174,7 @@ def write_store(dataset, directory: Path, vocab_size: int, batch_size: int = 163
             writer.add_flat(ids.flatten().to_numpy(zero_copy_only=False),
                             pc.list_value_length(ids).to_numpy(zero_copy_only=False),
                             batch.column("prompt_length").to_numpy(), segments)
+        writer.stats = stats
     return writer.meta
 
 

@@ -45,7 +45,7 @@ class RunDir:
 
     config = property(lambda self: self.root / "config.yaml")
     data = property(lambda self: self.root / "data")  # the text mix (datasets format) + manifest.json
-    tokenized = property(lambda self: self.root / "tokenized")
+    tokenized = property(lambda self: self.root / "tokenized")  # older runs only: converted into store/
     store = property(lambda self: self.root / "store")  # tokens.bin + offsets every rank memory-maps
     plan = property(lambda self: self.root / "plan.json")  # the effective parallel plan
     tokenizer = property(lambda self: self.root / "tokenizer")
@@ -82,12 +82,14 @@ def choose_device(recipe: Recipe) -> bool:
 # --- data --------------------------------------------------------------------------------------------------
 
 def prepare_data(recipe: Recipe, run: RunDir) -> None:
-    """One process: build the text mix, the tokenizer (if trained here), the tokenised set and the token store
-    (RUN/store, memory-mapped by every rank), once per run; each part is skipped when it exists."""
+    """One process: build the text mix, the tokenizer (if trained here) and the token store (RUN/store, which
+    every rank memory-maps), once per run; each part is skipped when it exists. The task tokenises straight
+    into the store, batch by batch; its stats go to RUN/store/stats.json."""
     from datasets import load_from_disk
 
     from xllama.modeling import build_bpe_tokenizer, load_tokenizer
     from xllama.train.data import task_module
+    from xllama.train.store import StoreWriter
 
     task = task_module(recipe.task)
     if not run.data.is_dir():
@@ -104,18 +106,42 @@ def prepare_data(recipe: Recipe, run: RunDir) -> None:
             tokenizer = load_tokenizer(spec)
         with atomic_directory(run.tokenizer, overwrite=True) as tmp:
             tokenizer.save_pretrained(tmp)
-    if not run.tokenized.is_dir():
-        tokenizer = load_tokenizer(str(run.tokenizer))
-        tokenized, stats = task.tokenize(text, tokenizer, recipe)
-        with atomic_directory(run.tokenized, overwrite=True) as tmp:
-            tokenized.save_to_disk(str(tmp))
-            atomic_write_json(tmp / "stats.json", stats)
-        log.info("tokenised %d examples (%s)", len(tokenized), stats)
-    if not run.store.is_dir():
-        from xllama.train.store import write_store
+    if run.store.is_dir():
+        return
+    if run.tokenized.is_dir():  # a run directory from before the store (RUN/tokenized): convert it once
+        _store_from_tokenized(run)
+        return
+    tokenizer = load_tokenizer(str(run.tokenizer))
+    with StoreWriter(run.store, len(tokenizer), desc="tokenising") as writer:
+        writer.stats = task.tokenize(text, tokenizer, recipe, writer)
+        if writer.examples == 0:
+            raise XllamaError(f"task {recipe.task!r} wrote no training examples from {run.data} ({writer.stats})")
+    log.info("token store %s: %s (%s)", run.store, writer.meta, writer.stats)
 
-        meta = write_store(load_from_disk(str(run.tokenized)), run.store, len(load_tokenizer(str(run.tokenizer))))
-        log.info("token store %s: %s", run.store, meta)
+
+def _store_from_tokenized(run: RunDir) -> None:
+    """RUN/tokenized (the tokenised ``datasets`` set older versions kept) -> RUN/store, with its stats."""
+    from datasets import load_from_disk
+
+    from xllama.modeling import load_tokenizer
+    from xllama.train.store import write_store
+
+    stats_file = run.tokenized / "stats.json"
+    stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else None
+    meta = write_store(load_from_disk(str(run.tokenized)), run.store, len(load_tokenizer(str(run.tokenizer))),
+                       stats=stats)
+    log.warning("%s: built the token store %s from the tokenised set of an older xllama (%d examples, %d tokens); "
+                "%s is no longer used and may be deleted", run.root, run.store, meta["examples"], meta["tokens"],
+                run.tokenized)
+
+
+def data_stats(run: RunDir) -> dict:
+    """The task's tokenisation stats of a prepared run (RUN/store/stats.json; RUN/tokenized/stats.json in a run
+    directory from before the store)."""
+    for path in (run.store / "stats.json", run.tokenized / "stats.json"):
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    raise XllamaError(f"{run.root}: no tokenisation stats ({run.store / 'stats.json'}); prepare the data first")
 
 
 # --- model -------------------------------------------------------------------------------------------------
