@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     # from the repository root it would import that checkout even with an older one on PYTHONPATH.
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=folder)
     wall = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # ru_maxrss includes this parent's RSS at fork (small here)
     which = subprocess.run([sys.executable, "-c", "import xllama; print(xllama.__file__)"], capture_output=True,
                            text=True, cwd=folder).stdout.strip()
     result = {"pairs": args.pairs, "xllama": which, "returncode": proc.returncode, "wall_s": round(wall, 1),

@@ -45,7 +45,7 @@ Every pair gives one example per direction: prompt ``alma_prompt(src, tgt, sourc
 with the loss on the target and EOS only (:func:`encode_translations`).
 
 Everything but ALMA's own choices comes from the shared data layer (:mod:`xllama.data`): recipe values are
-checked by :mod:`~xllama.data.fields`, documents and pairs read by ``sources.load_documents`` /
+checked by :mod:`~xllama.data.fields`, documents and pairs read by ``sources.iter_documents`` /
 ``sources.load_parallel``, pairs cleaned by ``mix.clean_pairs`` with the one contamination guard, sub-sampled by
 ``sample.draw`` and shared out by ``sample.language_shares`` / ``sample.allocate``.
 """
@@ -69,7 +69,7 @@ from xllama.data.mix import _scratch_parent, clean_pairs
 from xllama.data.sample import allocate as allocate_blocks
 from xllama.data.sample import draw
 from xllama.data.sample import language_shares as shares_by_size
-from xllama.data.sources import ParallelData, load_documents, load_guard, load_parallel
+from xllama.data.sources import ParallelData, iter_documents, load_guard, load_parallel
 from xllama.errors import XllamaError
 from xllama.languages import get_language
 
@@ -312,11 +312,10 @@ def _document_batches(spec: MonolingualSpec, lang: str, block: int, provenance: 
         if location.startswith("hf:") and limit is None and spec.max_documents is None:
             raise XllamaError(f"data.monolingual.{lang}: a Hub corpus ({location}) with temperature sampling needs "
                               "data.max_documents (the stream would otherwise be read to its end)")
-        # load_documents holds one location's documents at a time; a streaming reader would drop in here
-        docs, info = load_documents(location, lang, spec.text_field, left, limit)
-        for start in range(0, len(docs), BATCH):
-            yield docs[start : start + BATCH]
-        count += len(docs)
+        info: dict = {}
+        for docs in iter_documents(location, lang, spec.text_field, left, limit, info, batch=BATCH):
+            yield docs
+        count += info["documents"]
         provenance.append(info)
 
 

@@ -737,65 +737,79 @@ def iter_lines(path: Path):
             yield line.rstrip("\n").rstrip("\r")
 
 
-def load_documents(location: str, lang: str, text_field: str = "text", max_documents: int | None = None,
-                   max_chars: int | None = None) -> tuple[list[str], dict]:
-    """Documents of one location -> (non-empty documents, provenance). Local files: plain text (one document per
-    line, .gz allowed), JSON/JSONL/parquet records with ``text_field``, or a folder of such files. ``hf:``
-    locations (``hf:owner/name[:config]`` or ``hf:owner/name/GLOB``) are streamed; reading stops at
-    ``max_documents`` or once ``max_chars`` characters are read."""
+def iter_documents(location: str, lang: str, text_field: str = "text", max_documents: int | None = None,
+                   max_chars: int | None = None, provenance: dict | None = None, batch: int = 2000):
+    """Non-empty documents of one location, streamed in lists of up to ``batch``. Local files: plain text (one
+    document per line, .gz allowed), JSON/JSONL/parquet records with ``text_field``, or a folder of such files.
+    ``hf:`` locations (``hf:owner/name[:config]`` or ``hf:owner/name/GLOB``) are streamed. Reading stops at
+    ``max_documents`` or once ``max_chars`` characters are read. ``provenance`` (a dict) is filled in as the
+    stream goes and is complete when it ends."""
     import math
 
-    limit = max_documents or math.inf
-    char_limit = max_chars or math.inf
+    limit, char_limit = max_documents or math.inf, max_chars or math.inf
+    info = provenance if provenance is not None else {}
+    info.update(location=location, documents=0, chars=0)
     docs: list[str] = []
-    chars = 0
 
-    def take(text, where: str) -> bool:
-        nonlocal chars
+    def texts():  # (text, where) pairs, in order
+        if location.startswith("hf:"):
+            from xllama.data.hub import stream_hub
+
+            stream, hub_info = stream_hub(location)
+            info.update(hub_info)
+            for n, record in enumerate(stream, 1):
+                yield _document_text(record, text_field, f"{location}: row {n}"), location
+            return
+        path = Path(location).expanduser()
+        if not path.exists():
+            raise XllamaError(f"monolingual {lang} text not found: {location}")
+        files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key) \
+            if path.is_dir() else [path]
+        if not files:
+            raise XllamaError(f"no files in monolingual {lang} folder {path}")
+        info["files"] = []
+        for f in files:
+            info["files"].append(file_info(f))
+            if _suffix(f) in INSTRUCTION_SUFFIXES:
+                for kind, n, record in iter_records(f):
+                    yield _document_text(record, text_field, f"{f}: {kind} {n}"), str(f)
+            else:
+                for line in iter_lines(f):
+                    yield line, str(f)
+
+    for text, where in texts():
         if text is None:
-            return len(docs) < limit
+            continue
         if not isinstance(text, str):
             raise XllamaError(f"{where}: field {text_field!r} should be a string, got {type(text).__name__}")
         text = text.strip()
-        if text:
-            docs.append(text)
-            chars += len(text)
-        return len(docs) < limit and chars < char_limit
-
-    def records(items, where):
-        for label, record in items:
-            if text_field not in record:
-                raise XllamaError(f"{where}: {label} has no field {text_field!r} (fields: {sorted(record)}); "
-                                  "set data.text_field")
-            if not take(record[text_field], f"{where}: {label}"):
-                return False
-        return True
-
-    if location.startswith("hf:"):
-        from xllama.data.hub import stream_hub
-
-        stream, provenance = stream_hub(location)
-        records(((f"row {n}", r) for n, r in enumerate(stream, 1)), location)
-        provenance.update(documents=len(docs), chars=chars)
-        return docs, provenance
-
-    path = Path(location).expanduser()
-    if not path.exists():
-        raise XllamaError(f"monolingual {lang} text not found: {location}")
-    files = sorted((p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")), key=natural_key) \
-        if path.is_dir() else [path]
-    if not files:
-        raise XllamaError(f"no files in monolingual {lang} folder {path}")
-    used = []
-    for f in files:
-        used.append(file_info(f))
-        if _suffix(f) in INSTRUCTION_SUFFIXES:
-            more = records(read_records(f)[0], str(f))
-        else:
-            more = all(take(line, str(f)) for line in iter_lines(f))
-        if not more:
+        if not text:
+            continue
+        docs.append(text)
+        info["documents"] += 1
+        info["chars"] += len(text)
+        if len(docs) >= batch:
+            yield docs
+            docs = []
+        if info["documents"] >= limit or info["chars"] >= char_limit:
             break
-    return docs, {"location": location, "files": used, "documents": len(docs), "chars": chars}
+    if docs:
+        yield docs
+
+
+def _document_text(record: dict, text_field: str, where: str):
+    if text_field not in record:
+        raise XllamaError(f"{where} has no field {text_field!r} (fields: {sorted(record)}); set data.text_field")
+    return record[text_field]
+
+
+def load_documents(location: str, lang: str, text_field: str = "text", max_documents: int | None = None,
+                   max_chars: int | None = None) -> tuple[list[str], dict]:
+    """Documents of one location -> (non-empty documents, provenance): :func:`iter_documents`, collected."""
+    provenance: dict = {}
+    docs = [doc for part in iter_documents(location, lang, text_field, max_documents, max_chars, provenance)
+            for doc in part]
+    return docs, provenance
 
 
 # ----------------------------------------------------------------------------------------------------------
