@@ -44,12 +44,7 @@ def outputs(run, results):
     return {group: (run / path).read_text(encoding="utf-8") for group, path in results.extra["outputs"].items()}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.slow

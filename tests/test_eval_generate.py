@@ -19,13 +19,7 @@ from xllama.eval.generate import first_line, generate, plan_batches  # noqa: E40
 MAX_NEW = 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run 10x faster on one thread than on two contended ones (CI shares its 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

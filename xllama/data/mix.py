@@ -621,22 +621,15 @@ def _read_sources(spec: MixSpec, scratch: Path, report, checker: LanguageChecker
         name = instruction_source(lang)
         bar.set_postfix_str(name)
         file = _ArrowFile(scratch / f"{name}.arrow", ("instruction", "input", "output"))
-        removed, digests, provenance, loaded = _Removed(), [], [], 0
-        sample = StrideSample(LANGID_SAMPLE)
-        for location in spec.instructions[lang]:
-            provenance.append({})
-            for batch in iter_instructions(location, lang, provenance=provenance[-1]):
-                sample.extend(len(batch), lambda j: f"{batch.instruction[j]}\n{batch.output[j]}")  # noqa: B023
-                columns, batch_digests = ([], [], []), []
-                for _, ins, inp, out, digest in _screen_instructions(batch, name, report, removed):
-                    columns[0].append(ins)
-                    columns[1].append(inp)
-                    columns[2].append(out)
-                    batch_digests.append(digest)
-                file.write(columns)
-                digests.append(np.array(batch_digests, dtype=np.uint64))
-                loaded += len(batch)
-                bar.update(len(batch))
+        removed, provenance, sample = _Removed(), [], StrideSample(LANGID_SAMPLE)
+
+        def look(batch):
+            sample.extend(len(batch), lambda j: f"{batch.instruction[j]}\n{batch.output[j]}")
+
+        batches = _located(spec.instructions[lang], provenance,
+                           lambda location, info: iter_instructions(location, lang, provenance=info))
+        digests, loaded = _clean_to_scratch(file, batches, look,
+                                            lambda batch: _screen_instructions(batch, name, report, removed), bar)
         checker.check(f"instructions.{lang}", lang, sample.texts, ", ".join(spec.instructions[lang]))
         cleaned[name] = (file, _dedup(spec, digests, removed), lang)
         removed_by_source[name] = removed.as_dict()
@@ -647,23 +640,20 @@ def _read_sources(spec: MixSpec, scratch: Path, report, checker: LanguageChecker
         name = f"{TRANSLATION}_{pair}"
         bar.set_postfix_str(name)
         file = _ArrowFile(scratch / f"{name}.arrow", ("source", "target"))
-        removed, digests, provenance, loaded = _Removed(), [], [], 0
+        removed, provenance = _Removed(), []
         samples = (StrideSample(LANGID_SAMPLE), StrideSample(LANGID_SAMPLE))
-        for location in spec.parallel[pair]:
-            provenance.append({})
-            for batch in iter_parallel(location, src, tgt, provenance=provenance[-1]):
-                samples[0].extend(len(batch), batch.source.__getitem__)
-                samples[1].extend(len(batch), batch.target.__getitem__)
-                columns, batch_digests = ([], []), []
-                for _, a, b, digest in _screen_pairs(batch, name, report, removed, spec.min_length,
-                                                     spec.max_length, spec.max_length_ratio):
-                    columns[0].append(a)
-                    columns[1].append(b)
-                    batch_digests.append(digest)
-                file.write(columns)
-                digests.append(np.array(batch_digests, dtype=np.uint64))
-                loaded += len(batch)
-                bar.update(len(batch))
+
+        def look(batch):
+            samples[0].extend(len(batch), batch.source.__getitem__)
+            samples[1].extend(len(batch), batch.target.__getitem__)
+
+        def screen(batch):
+            return _screen_pairs(batch, name, report, removed, spec.min_length, spec.max_length,
+                                 spec.max_length_ratio)
+
+        batches = _located(spec.parallel[pair], provenance,
+                           lambda location, info: iter_parallel(location, src, tgt, provenance=info))
+        digests, loaded = _clean_to_scratch(file, batches, look, screen, bar)
         locations = ", ".join(spec.parallel[pair])
         checker.check(f"parallel.{pair} ({src} side)", src, samples[0].texts, locations)
         checker.check(f"parallel.{pair} ({tgt} side)", tgt, samples[1].texts, locations)
@@ -673,6 +663,28 @@ def _read_sources(spec: MixSpec, scratch: Path, report, checker: LanguageChecker
                              "directions": [f"{a}-{b}" for a, b in _directions(spec, src, tgt)],
                              "locations": provenance})
     return cleaned, sources_info, removed_by_source
+
+
+def _located(locations: list[str], provenance: list, read):
+    """The batches of every location in turn; ``read(location, info)`` fills ``info``, appended to ``provenance``."""
+    for location in locations:
+        provenance.append({})
+        yield from read(location, provenance[-1])
+
+
+def _clean_to_scratch(file: "_ArrowFile", batches, look, screen, bar) -> tuple[list[np.ndarray], int]:
+    """Stream ``batches`` into ``file``: each batch is shown to ``look`` (the language-check sample), then the rows
+    ``screen`` lets through, ``(index, *fields, digest)``, are written. Returns the digests (one array per batch)
+    and the number of records read."""
+    digests, loaded = [], 0
+    for batch in batches:
+        look(batch)
+        rows = list(screen(batch))
+        file.write([[row[k] for row in rows] for k in range(1, len(file.schema) + 1)])
+        digests.append(np.array([row[-1] for row in rows], dtype=np.uint64))
+        loaded += len(batch)
+        bar.update(len(batch))
+    return digests, loaded
 
 
 def _dedup(spec: MixSpec, digests: list[np.ndarray], removed: _Removed) -> np.ndarray:
