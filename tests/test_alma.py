@@ -138,6 +138,8 @@ def test_monolingual_blocks_follow_budget_and_ratios(shared, tokenizer, tmp_path
     spec = parse_spec(data, "alma-monolingual")
     text, manifest = load_monolingual(spec, max_length=128)
     assert manifest["languages"]["de"]["documents"] == 200 and len(text) == 600
+    assert manifest["format"] == "xllama-corpus" and manifest["task"] == "alma-monolingual"
+    assert list(manifest)[:4] == ["format", "version", "examples", "columns"] and list(manifest)[-1] == "build_seconds"
     assert text.cache_files  # memory-mapped from an Arrow file, not built in memory
     blocks, prompt_lengths, stats = stage1_store(text, tokenizer, spec, 128, tmp_path / "store")
 
@@ -191,7 +193,7 @@ def test_stage1_errors_leave_no_store_and_no_scratch(shared, tokenizer, tmp_path
     with pytest.raises(XllamaError, match=r"block_size \(64\) exceeds train\.max_length \(32\)"):
         stage1_store(text, tokenizer, spec, 32, out / "store")
     other = parse_spec({"monolingual": {"de": "x"}, "token_budget": 4096, "block_size": 64}, "alma-monolingual")
-    with pytest.raises(XllamaError, match="the run's text has language 'is', which the recipe does not list"):
+    with pytest.raises(XllamaError, match="the corpus has language 'is', which is not one of de"):
         stage1_store(text, tokenizer, other, 64, out / "store")
     assert not out.exists() or not any(out.iterdir())
     empty = tmp_path / "empty.de"
@@ -246,7 +248,8 @@ threading.Thread(target=sample, daemon=True).start()
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent (pytest) across exec
 base_anon, base_rss = anon_mib(), status_mib("VmHWM")
 spec = parse_spec({"monolingual": {"de": str(corpus / "de.txt"), "en": str(corpus / "en.txt")},
-                   "ratios": {"de": 0.5, "en": 0.5}, "token_budget": "4M", "block_size": 256}, "alma-monolingual")
+                   "ratios": {"de": 0.5, "en": 0.5}, "token_budget": "4M", "block_size": 256,
+                   "accept_language_mismatch": True}, "alma-monolingual")  # random letters: no language
 text, _ = load_monolingual(spec, 256)
 with StoreWriter(out, 258, progress=False) as writer:
     stats = tokenize_monolingual(text, ByteTokenizer(), spec, 256, writer)
@@ -325,12 +328,17 @@ def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer, tmp_path):
         raw["data"] = {"parallel": {"de-en": str(shared / PAIRS / "deen"), "zh-en": str(shared / PAIRS / "zhen")},
                        "valid": {"de-en": str(shared / PAIRS / "deen/valid.de-en.json")}, "sizes": 15,
                        "valid_sizes": 5}
-        raw["train"]["max_length"] = 512
+        raw["train"]["max_length"] = 2048
 
     recipe = load(recipe_file(tmp_path, "alma-quickstart-stage2", shared, edit))
     text, manifest = load_text(recipe)
-    assert manifest["by_direction"]["train"] == {"de-en": 15, "en-de": 15, "zh-en": 15, "en-zh": 15}
-    assert manifest["by_direction"]["valid"] == {"de-en": 5, "en-de": 5}
+    assert manifest["format"] == "xllama-mix" and manifest["task"] == "alma-parallel"
+    assert list(manifest)[:4] == ["format", "version", "examples", "columns"] and list(manifest)[-1] == "build_seconds"
+    assert manifest["by_direction"] == {"de-en": 15, "en-de": 15, "zh-en": 15, "en-zh": 15}
+    assert manifest["valid"]["by_direction"] == {"de-en": 5, "en-de": 5} and manifest["valid_examples"] == 10
+    # every side of every pair file went through the language check
+    checked = {r["source"] for r in manifest["language_check"] + manifest["valid"]["language_check"]}
+    assert checked == {f"parallel.{p} ({lang} side)" for p in ("de-en", "zh-en") for lang in p.split("-")}
     with StoreWriter(tmp_path / "store", len(tokenizer), progress=False) as writer:
         stats = tokenize(text, tokenizer, recipe, writer)
     store = open_store(tmp_path / "store")
@@ -342,15 +350,15 @@ def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer, tmp_path):
     for i, row in enumerate(rows):
         ids = np.asarray(store.ids[store.offsets[i]:store.offsets[i + 1]]).tolist()
         plen = int(store.prompt_lengths[i])
-        prompt = alma_prompt(row["src"], row["tgt"], row["source"])
+        prompt = alma_prompt(*row["direction"].split("-"), row["input"])
         assert tokenizer.decode(ids[:plen]) == prompt
         assert ids[-1] == eos and eos not in ids[:-1]
-        assert tokenizer.decode(ids[plen:-1]) == " " + row["target"]
+        assert tokenizer.decode(ids[plen:-1]) == " " + row["output"]
         # what the trainer actually trains on: labels derived from prompt_length by the packer
         labels = packed_row(store, [i])["labels"][0]
         trained = labels[labels != -100]
         assert trained.tolist() == ids[plen:]
-        assert tokenizer.decode(trained[:-1]) == " " + row["target"]
+        assert tokenizer.decode(trained[:-1]) == " " + row["output"]
 
     # the validation pairs, in memory with their direction (checkpoint selection)
     valid, valid_stats = tokenize_translations(text, tokenizer, 512, split="valid", keep_direction=True)
@@ -358,6 +366,26 @@ def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer, tmp_path):
     assert sorted(set(valid["direction"])) == ["de-en", "en-de"]
     with pytest.raises(XllamaError, match="no valid example fits in train.max_length=8 tokens"):
         tokenize_translations(text, tokenizer, 8, split="valid")
+
+
+def test_stage2_text_of_runs_before_the_mixer_still_tokenises(shared, tokenizer):
+    """Runs whose stage-2 text was written with the columns src, tgt, source, target, split (before stage 2's
+    pairs were an xllama mix) tokenise to the same examples, so they resume and validate."""
+    from datasets import Dataset
+
+    from xllama.alma.data import load_parallel_text, parse_spec, tokenize_translations
+
+    spec = parse_spec({"parallel": {"de-en": str(shared / PAIRS / "deen")}, "sizes": 10, "valid_sizes": 4,
+                       "valid": {"de-en": str(shared / PAIRS / "deen/valid.de-en.json")}}, "alma-parallel")
+    text, _ = load_parallel_text(spec)
+    rows = text.to_dict()
+    old = Dataset.from_dict({"src": [d.split("-")[0] for d in rows["direction"]],
+                             "tgt": [d.split("-")[1] for d in rows["direction"]],
+                             "source": rows["input"], "target": rows["output"], "split": rows["split"]})
+    for split, count in (("train", 20), ("valid", 8)):
+        new, new_stats = tokenize_translations(text, tokenizer, 4096, split, keep_direction=True)
+        was, was_stats = tokenize_translations(old, tokenizer, 4096, split, keep_direction=True)
+        assert new.to_dict() == was.to_dict() and new_stats == was_stats and len(new) == count
 
 
 def test_recipes_load_and_validate():
@@ -385,7 +413,8 @@ def test_recipes_load_and_validate():
     ({"monolingual": {"de": "x"}, "token_budget": 10, "valid": {}}, "belongs to the other ALMA stage"),
     ({"mix": "x-llama", "monolingual": {"de": "x"}, "token_budget": 10}, r"data\.mix: 'x-llama'"),
     ({"monolingual": {"de": "x", "en": "y"}, "ratios": {"de": 1}, "token_budget": 10}, "no ratio for en"),
-    ({"monolingual": {"de": "x"}, "ratios": {"de": 1, "fr": 1}, "token_budget": 10}, r"ratios\.fr: no monolingual"),
+    ({"monolingual": {"de": "x"}, "ratios": {"de": 1, "fr": 1}, "token_budget": 10},
+     r"ratios\.fr: not one of this spec's languages \(de\)"),
     ({"monolingual": {"de": "x"}, "ratios": {"de": 1}, "temperature": 2, "token_budget": 10}, "not both"),
     ({"monolingual": {"de": "x"}}, "token_budget"),
     ({"monolingual": {"de": "x"}, "token_budget": "lots"}, "token count"),
@@ -435,9 +464,8 @@ def test_guard_removes_evaluation_sentences(shared, tmp_path):
     guard.write_text("\n".join(german[:3]) + "\n", encoding="utf-8")
     spec = parse_spec({"parallel": {"de-en": str(shared / PAIRS / "deen")}, "guard": [str(guard)]}, "alma-parallel")
     text, manifest = load_parallel_text(spec)
-    removed = manifest["pairs"]["de-en"]["removed"]
-    assert removed["contamination"] >= 3
-    assert not set(german[:3]) & set(text["source"])
+    assert manifest["removed_by_source"]["translation_de-en"]["contamination"] >= 3
+    assert not set(german[:3]) & (set(text["input"]) | set(text["output"]))
 
 
 # ---------------------------------------------------------------------------------------------- end to end

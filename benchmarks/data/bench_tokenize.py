@@ -10,6 +10,9 @@ Tokenizer: the shared SmolLM2 tokenizer (``xllama.modeling.load_tokenizer`` on t
 - before: ``encode_pairs`` as it was before the template splicing (copied below as ``previous_encode_pairs``):
   whole prompts tokenised. Its ids and prompt lengths must equal the new code's on every row, or the run fails.
 - pipeline: ``tokenize_instructions`` writing a token store (``StoreWriter``), the trainer's data stage.
+- tokenizer alone: the Rust tokenizer's ``encode_batch_fast`` on exactly the texts ``encode_pairs`` gives it (the
+  spliced prompts' cores and the responses, same batches), ids read into Python and nothing else: the floor of
+  any tokenisation of these examples on this machine, so xllama's figures can be read as a share of it.
 - reference: Stanford Alpaca's ``preprocess`` (copied by x-LLM): a *slow* pure-Python tokenizer, one string at
   a time, tokenising the source and source+target separately and masking ``len(tokenize(source))`` tokens.
   The slow tokenizer is a ``transformers.GPT2Tokenizer`` built from the fast tokenizer's own vocab and merges
@@ -17,10 +20,10 @@ Tokenizer: the shared SmolLM2 tokenizer (``xllama.modeling.load_tokenizer`` on t
   first ``--reference-examples`` examples of the same rows; both are reported in examples/s.
 
 All ways run in the same process, ``--repeats`` times each (median reported), with wall and CPU time (CPU time
-is less sensitive to other processes on a shared machine); before, xllama and the pipeline take turns (before,
-xllama, pipeline, before, ...), so a change in the machine's load falls on all three alike. Then the
-labels of the two ways are compared: on the reference subsample against the slow tokenizer's real output, and
-on all rows with the reference's rule applied by the fast tokenizer.
+is less sensitive to other processes on a shared machine); the tokenizer alone, before, xllama and the pipeline
+take turns (tokenizer alone, before, xllama, pipeline, tokenizer alone, ...), so a change in the machine's load
+falls on all four alike. Then the labels of the two ways are compared: on the reference subsample against the
+slow tokenizer's real output, and on all rows with the reference's rule applied by the fast tokenizer.
 
     python benchmarks/data/bench_tokenize.py                      # 100K examples, reference on 2,000
     python benchmarks/data/bench_tokenize.py --examples 20000 --reference-examples 500 --repeats 1
@@ -127,6 +130,28 @@ def xllama_way(tokenizer, instructions, inputs, outputs, max_length, batch_size=
         ids += batch_ids
         prompt_lengths += batch_lengths
     return ids, prompt_lengths
+
+
+def tokenizer_texts(tokenizer, instructions, inputs, outputs, batch_size=2000) -> list[list[str]]:
+    """Per batch, exactly the texts ``encode_pairs`` hands the Rust tokenizer: the spliced prompts' cores, then the
+    responses (a prompt that cannot be spliced goes whole)."""
+    from xllama.data.tokenize import _fast_backend, _splicer_for
+    from xllama.prompts import alpaca_prompt
+
+    splicer = _splicer_for(tokenizer, _fast_backend(tokenizer))
+    batches = []
+    for k in range(0, len(outputs), batch_size):
+        prompts = [alpaca_prompt(i, x) for i, x in zip(instructions[k:k + batch_size], inputs[k:k + batch_size])]
+        splits = [splicer.split(p) if splicer else None for p in prompts]
+        batches.append([p if s is None else s[1] for p, s in zip(prompts, splits)] + outputs[k:k + batch_size])
+    return batches
+
+
+def tokenizer_alone(tokenizer, batches: list[list[str]]) -> int:
+    """The floor of any tokenisation on this machine: the Rust tokenizer's ``encode_batch_fast`` on those texts
+    and their ids read into Python, nothing else (no prompt building, no masks, no length checks)."""
+    backend = tokenizer.backend_tokenizer
+    return sum(len(e.ids) for texts in batches for e in backend.encode_batch_fast(texts, add_special_tokens=False))
 
 
 def xllama_pipeline(tokenizer, dataset, max_length, directory: Path):
@@ -313,9 +338,11 @@ def main(argv=None) -> int:
 
     datasets.disable_progress_bars()
     subset = dataset.select(range(n))
+    texts = tokenizer_texts(fast, instructions, inputs, outputs)
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-store-") as tmp:
         store = Path(tmp) / "store"
         runs = timed_in_turns({
+            "tokenizer_alone": lambda: tokenizer_alone(fast, texts),
             "before": lambda: xllama_way(fast, instructions, inputs, outputs, args.max_length,
                                          encode=previous_encode_pairs),
             "xllama": lambda: xllama_way(fast, instructions, inputs, outputs, args.max_length),
@@ -324,6 +351,7 @@ def main(argv=None) -> int:
         (ids, plen), xllama_s, xllama_cpu = runs["xllama"]
         before, before_s, before_cpu = runs["before"]
         _, pipeline_s, pipeline_cpu = runs["pipeline"]
+        _, alone_s, alone_cpu = runs["tokenizer_alone"]
         # The speed-up must not change a single id: the new encode_pairs against the previous one on all rows,
         # and the trainer's token store against encode_pairs.
         identical_to_before = before == (ids, plen)
@@ -371,6 +399,7 @@ def main(argv=None) -> int:
         "xllama_with_label_lists": (n, [a + b for a, b in zip(xllama_s, labels_s)],
                                     [a + b for a, b in zip(xllama_cpu, labels_cpu)]),
         "xllama_pipeline": (n, pipeline_s, pipeline_cpu),
+        "tokenizer_alone": (n, alone_s, alone_cpu),
     }
     figures = {name: {"examples": k, "seconds": wall, "cpu_seconds": cpu, "examples_per_s": k / med(wall),
                       "examples_per_cpu_s": k / med(cpu)} for name, (k, wall, cpu) in ways.items()}
@@ -384,6 +413,8 @@ def main(argv=None) -> int:
         "speedup": figures["xllama"]["examples_per_s"] / base,
         "speedup_vs_before": figures["xllama"]["examples_per_s"] / figures["before"]["examples_per_s"],
         "speedup_vs_before_cpu": figures["xllama"]["examples_per_cpu_s"] / figures["before"]["examples_per_cpu_s"],
+        "share_of_tokenizer_alone": {way: figures[way]["examples_per_s"] / figures["tokenizer_alone"]["examples_per_s"]
+                                     for way in ("xllama", "xllama_pipeline")},
         "identical_to_before": identical_to_before, "store_identical": store_identical,
         "slow_equals_fast": {"texts": m, "identical": slow_equal},
         "agreement_reference_subsample": agreement_sub,
@@ -397,6 +428,7 @@ def main(argv=None) -> int:
         "xllama": "**xllama `encode_pairs`** (template spliced), batches of 2,000 (ids + prompt_length)",
         "xllama_with_label_lists": "xllama `encode_pairs` + explicit label lists",
         "xllama_pipeline": "xllama `tokenize_instructions` into a `StoreWriter` token store (the trainer's path)",
+        "tokenizer_alone": "the Rust tokenizer alone on the same texts (`encode_batch_fast` + ids; the floor)",
     }
     lines = [
         f"x-LLaMA zh mix (shared data), SmolLM2 tokenizer, max length {args.max_length}; {mach['cpu']}, "
@@ -418,6 +450,10 @@ def main(argv=None) -> int:
         f"New `encode_pairs` vs before: {result['speedup_vs_before']:.2f}x examples/s, "
         f"{result['speedup_vs_before_cpu']:.2f}x examples/CPU-s; ids and prompt lengths identical on all {n:,} rows "
         f"(and the token store's on all rows).",
+        "",
+        f"Against the floor (the Rust tokenizer alone on the same texts, in the same turns): `encode_pairs` runs at "
+        f"{result['share_of_tokenizer_alone']['xllama']:.0%} of its examples/s, the trainer's path at "
+        f"{result['share_of_tokenizer_alone']['xllama_pipeline']:.0%}.",
         "",
         f"Slow tokenizer check: {slow_equal:,}/{m:,} source+target texts give ids identical to the fast tokenizer's.",
         "",

@@ -74,7 +74,10 @@ class PreferenceSpec:
 
 def parse_spec(recipe_or_data, where: str = "recipe.data") -> PreferenceSpec:
     """Validate an ``alma-cpo`` recipe's ``data`` section (or the dict itself)."""
-    from xllama.alma.data import DIRECTIONS, _int, _languages, _locations
+    from xllama.alma.data import DIRECTIONS
+    from xllama.data.fields import integer as _int
+    from xllama.data.fields import language_list as _languages
+    from xllama.data.fields import locations as _locations
 
     data = recipe_or_data if isinstance(recipe_or_data, dict) else recipe_or_data.data
     if not isinstance(data, dict):
@@ -278,7 +281,8 @@ def load_preferences(spec: PreferenceSpec):
     import pyarrow as pa
     from datasets import Dataset
 
-    from xllama.data.guard import ContaminationGuard, GuardReport, normalize
+    from xllama.data.guard import ContaminationGuard, GuardReport, guard_manifest, normalize
+    from xllama.data.mix import manifest as data_manifest
     from xllama.data.sample import draw
     from xllama.data.sources import load_guard
 
@@ -323,27 +327,12 @@ def load_preferences(spec: PreferenceSpec):
             columns[c].append(getattr(t, c))
         digest.update("\t".join(getattr(t, c) for c in COLUMNS).encode("utf-8") + b"\n")
         by_direction[f"{t.src}-{t.tgt}"] = by_direction.get(f"{t.src}-{t.tgt}", 0) + 1
-    from xllama import __version__
-
-    manifest = {
-        "format": FORMAT,
-        "version": 1,
-        "task": TASK,
-        "examples": len(chosen),
-        "columns": list(COLUMNS),
-        "by_direction": dict(sorted(by_direction.items())),
-        "read": len(triplets),
-        "removed": removed,
-        "scorer": spec.scorer,
-        "sources": sources,
-        "guard": [g.provenance for g in report.guard.sets] if report else [],
-        "guard_report": report.as_dict() if report else {},
-        "sampling": sampling,
-        "seed": spec.seed,
-        "content_hash": digest.hexdigest(),
-        "xllama_version": __version__,
-        "build_seconds": round(time.perf_counter() - started, 2),
-    }
+    manifest = data_manifest(
+        FORMAT, len(chosen), COLUMNS, digest.hexdigest(), started, task=TASK,
+        by_direction=dict(sorted(by_direction.items())), read=len(triplets), removed=removed, scorer=spec.scorer,
+        sources=sources, guard=[g.provenance for g in report.guard.sets] if report else [],
+        **guard_manifest(report), sampling=sampling, seed=spec.seed,
+    )
     dataset = Dataset(pa.table({c: pa.array(v, pa.string()) for c, v in columns.items()}))
     return dataset, manifest
 
@@ -359,7 +348,7 @@ def tokenize(dataset, tokenizer, recipe, writer, batch_size: int = 2000) -> dict
     """Triplets -> one store example each, written to ``writer`` batch by batch: token ids = prompt + " " + y_w +
     EOS then prompt + " " + y_l + EOS, with segments ((len, prompt len) of each sequence: the store packs both as
     one unit). A triplet with a sequence longer than ``train.max_length`` is dropped (and counted), never cut."""
-    from xllama.alma.data import encode_translations
+    from xllama.data.tokenize import encode_prompted
     from xllama.prompts import alma_prompt
 
     max_length, budget = recipe.train.max_length, recipe.train.micro_batch_tokens
@@ -370,8 +359,8 @@ def tokenize(dataset, tokenizer, recipe, writer, batch_size: int = 2000) -> dict
              "preferred_target_tokens": 0, "dispreferred_target_tokens": 0}
     for rows in dataset.select_columns(list(COLUMNS)).iter(batch_size=batch_size):
         prompts = [alma_prompt(s, t, x) for s, t, x in zip(rows["src"], rows["tgt"], rows["source"])]
-        win, win_p, win_kept, win_stats = encode_translations(tokenizer, prompts, rows["preferred"], max_length)
-        lose, lose_p, lose_kept, lose_stats = encode_translations(tokenizer, prompts, rows["dispreferred"],
+        win, win_p, win_kept, win_stats = encode_prompted(tokenizer, prompts, rows["preferred"], max_length)
+        lose, lose_p, lose_kept, lose_stats = encode_prompted(tokenizer, prompts, rows["dispreferred"],
                                                                   max_length)
         w, l_ = dict(zip(win_kept, zip(win, win_p))), dict(zip(lose_kept, zip(lose, lose_p)))
         ids, plen, segments = [], [], []

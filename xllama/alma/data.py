@@ -18,16 +18,12 @@ Stage 1 (``alma-monolingual``). Keys of the recipe's ``data`` section::
     languages: [de, zh]                 # keep only these (English is kept whenever it has a source)
     seed: 42
 
-Each language's documents are tokenised (BOS as the tokenizer adds it, EOS after every document), concatenated
-and cut into blocks; the budget means ``token_budget // block_size`` blocks, shared out by the ratios (largest
-remainder) and drawn at random from each language's blocks (repeated, and reported as ``epochs`` > 1, when a
-language has fewer blocks than its share). Loss falls on every token. Memory does not grow with the corpus: the
-text is streamed into a memory-mapped Arrow file, each language's tokens into a scratch file beside the store,
-and the chosen blocks are copied from there into the store in chunks; only the block indices are held in RAM.
-
-Hub locations (``hf:owner/name:config``, or ``hf:owner/name/GLOB`` for data files, e.g.
-``hf:uonlp/CulturaX/de/*.parquet``) are streamed, and stop once they hold about enough text for the language's
-share, or ``max_documents``. ``XLLAMA_HUB_MIRROR`` points them at a local copy.
+The text is a monolingual corpus (:func:`xllama.data.corpus.build_corpus`: streamed, language-checked, on disk).
+Each language's documents are tokenised into a scratch token file (BOS as the tokenizer adds it, EOS after every
+document) and cut into blocks; the budget means ``token_budget // block_size`` blocks, shared out by the ratios
+(largest remainder) and drawn at random from each language's blocks (repeated, and reported as ``epochs`` > 1,
+when a language has fewer blocks than its share), then copied into the store in chunks. Loss on every token.
+Hub corpora stop once they hold about enough text for the language's share (or ``max_documents``).
 
 Stage 2 (``alma-parallel``). Keys::
 
@@ -41,35 +37,29 @@ Stage 2 (``alma-parallel``). Keys::
     languages: [de, zh]                 # keep only pairs with these languages
     seed: 42
 
-Every pair gives one example per direction: prompt ``alma_prompt(src, tgt, source)`` then " " + target + EOS,
-with the loss on the target and EOS only (:func:`encode_translations`).
+The pairs are an xllama mix (:func:`xllama.data.mix.build_mix`: language check, cleaning, the contamination
+guard, de-duplication, sub-sampling; no length filters), the validation pairs a second one (no guard), stored
+together with a ``split`` column. Every row is one direction of a pair: prompt ``alma_prompt(src, tgt, input)``
+then " " + output + EOS, loss on the output and EOS only (:func:`xllama.data.tokenize.encode_prompted`).
 
-Everything but ALMA's own choices comes from the shared data layer (:mod:`xllama.data`): recipe values are
-checked by :mod:`~xllama.data.fields`, documents and pairs read by ``sources.iter_documents`` /
-``sources.load_parallel``, pairs cleaned by ``mix.clean_pairs`` with the one contamination guard, sub-sampled by
-``sample.draw`` and shared out by ``sample.language_shares`` / ``sample.allocate``.
+Both stages take ``accept_language_mismatch: true`` to build from a source whose text is not in its labelled
+language (the data layer's language check stops otherwise).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 import tempfile
-import time
 import weakref
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 
 from xllama.data import fields
-from xllama.data.guard import ContaminationGuard, GuardReport, guard_manifest, normalize
-from xllama.data.mix import _scratch_parent, clean_pairs
+from xllama.data.guard import normalize
+from xllama.data.mix import MixSpec, build_mix, with_sections
 from xllama.data.sample import allocate as allocate_blocks
-from xllama.data.sample import draw
 from xllama.data.sample import language_shares as shares_by_size
-from xllama.data.sources import ParallelData, iter_documents, load_guard, load_parallel
 from xllama.errors import XllamaError
 from xllama.languages import get_language
 
@@ -77,9 +67,8 @@ log = logging.getLogger(__name__)
 
 MONOLINGUAL = "alma-monolingual"
 PARALLEL = "alma-parallel"
-FORMATS = {MONOLINGUAL: "xllama-alma-monolingual", PARALLEL: "xllama-alma-parallel"}
 DIRECTIONS = ("both", "x-en", "en-x")
-COMMON_KEYS = ("mix", "languages", "seed")
+COMMON_KEYS = ("mix", "languages", "seed", "accept_language_mismatch")
 MONOLINGUAL_KEYS = COMMON_KEYS + ("monolingual", "ratios", "temperature", "token_budget", "block_size",
                                   "text_field", "max_documents")
 PARALLEL_KEYS = COMMON_KEYS + ("parallel", "valid", "directions", "sizes", "valid_sizes", "guard")
@@ -90,11 +79,8 @@ ALMA_RATIOS = {"de": 0.20, "cs": 0.14, "is": 0.08, "zh": 0.19, "ru": 0.22, "en":
 # rarely stops short; text read beyond the share is simply not sampled.
 CHARS_PER_TOKEN = {"Hans": 2.5, "Hant": 2.5, "Jpan": 2.5, "Hang": 2.5}
 DEFAULT_CHARS_PER_TOKEN = 6.0
-BATCH = 2000  # documents or pairs per tokeniser call
+BATCH = 2000  # rows per tokeniser call
 CHUNK_BYTES = 16 << 20  # stage-1 blocks are copied into the store this many bytes of scratch file at a time
-
-# xllama.alma.cpo parses its spec with these (they are xllama.data.fields')
-_int, _languages, _locations = fields.integer, fields.language_list, fields.locations
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,6 +98,7 @@ class MonolingualSpec:
     text_field: str = "text"
     max_documents: int | None = None
     seed: int = 42
+    accept_language_mismatch: bool = False
 
     @property
     def languages(self) -> list[str]:
@@ -127,6 +114,7 @@ class ParallelSpec:
     valid_sizes: dict[str, int] = field(default_factory=dict)
     guard: list[str] = field(default_factory=list)
     seed: int = 42
+    accept_language_mismatch: bool = False
 
 
 def parse_spec(recipe_or_data, task: str | None = None, where: str = "recipe.data"):
@@ -135,8 +123,8 @@ def parse_spec(recipe_or_data, task: str | None = None, where: str = "recipe.dat
         data, task = recipe_or_data.data, recipe_or_data.task
     else:
         data = recipe_or_data
-    if task not in FORMATS:
-        raise XllamaError(f"xllama.alma.data handles the tasks {', '.join(FORMATS)}, not {task!r}")
+    if task not in (MONOLINGUAL, PARALLEL):
+        raise XllamaError(f"xllama.alma.data handles the tasks {MONOLINGUAL} and {PARALLEL}, not {task!r}")
     if not isinstance(data, dict):
         raise XllamaError(f"{where}: expected a mapping, got {type(data).__name__}")
     known, other = (MONOLINGUAL_KEYS, PARALLEL_KEYS) if task == MONOLINGUAL else (PARALLEL_KEYS, MONOLINGUAL_KEYS)
@@ -151,9 +139,12 @@ def parse_spec(recipe_or_data, task: str | None = None, where: str = "recipe.dat
         )
     seed = fields.integer(data.get("seed", 42), f"{where}.seed", minimum=0)
     keep = fields.language_list(data.get("languages"), f"{where}.languages")
-    if task == MONOLINGUAL:
-        return _monolingual_spec(data, keep, seed, where)
-    return _parallel_spec(data, keep, seed, where)
+    accept = data.get("accept_language_mismatch", False)
+    if not isinstance(accept, bool):
+        raise XllamaError(f"{where}.accept_language_mismatch: expected true or false, got {accept!r}")
+    spec = (_monolingual_spec if task == MONOLINGUAL else _parallel_spec)(data, keep, seed, where)
+    spec.accept_language_mismatch = accept
+    return spec
 
 
 def _monolingual_spec(data: dict, keep: list[str] | None, seed: int, where: str) -> MonolingualSpec:
@@ -175,21 +166,8 @@ def _monolingual_spec(data: dict, keep: list[str] | None, seed: int, where: str)
     if data.get("ratios") is not None and data.get("temperature") is not None:
         raise XllamaError(f"{where}: give ratios (fixed shares) or temperature (temperature sampling), not both")
     if data.get("ratios") is not None:
-        if not isinstance(data["ratios"], dict):
-            raise XllamaError(f"{where}.ratios: expected a mapping language -> share, got {data['ratios']!r}")
-        given = {}
-        for lang, value in data["ratios"].items():
-            code = fields.language(lang, f"{where}.ratios.{lang}")
-            if code not in listed:
-                raise XllamaError(f"{where}.ratios.{lang}: no monolingual source for this language "
-                                  f"({at} has {', '.join(listed)})")
-            given[code] = fields.positive_number(value, f"{where}.ratios.{lang}")
-        missing = [lang for lang in sources if lang not in given]
-        if missing:
-            raise XllamaError(f"{where}.ratios: no ratio for {', '.join(missing)}; give one per language in "
-                              f"{at} (or use temperature sampling)")
-        total = sum(given[lang] for lang in sources)
-        ratios = {lang: given[lang] / total for lang in sources}
+        given = fields.language_weights(data["ratios"], listed, f"{where}.ratios", "ratio")
+        ratios = {lang: given[lang] / sum(given[k] for k in sources) for lang in sources}
     else:
         temperature = fields.positive_number(data.get("temperature", 1.0), f"{where}.temperature")
 
@@ -257,7 +235,7 @@ def _pair_sizes(raw, pairs: dict, where: str) -> dict[str, int]:
 
 
 def load_text(recipe):
-    """The raw text of an ALMA stage as a datasets.Dataset, plus a manifest of what went in."""
+    """The raw text of an ALMA stage as a datasets.Dataset, plus its manifest."""
     spec = parse_spec(recipe)
     if recipe.task == MONOLINGUAL:
         return load_monolingual(spec, recipe.train.max_length)
@@ -266,12 +244,12 @@ def load_text(recipe):
 
 def texts(dataset):
     """Raw strings of the training text (for training a tokenizer)."""
-    columns = dataset.column_names
-    for batch in dataset.iter(batch_size=BATCH):
-        if "text" in columns:
+    columns = ["text"] if "text" in dataset.column_names else ["input", "output", "split"]
+    for batch in dataset.select_columns(columns).iter(batch_size=BATCH):
+        if "text" in batch:
             yield from batch["text"]
         else:
-            for split, source, target in zip(batch["split"], batch["source"], batch["target"]):
+            for split, source, target in zip(batch["split"], batch["input"], batch["output"]):
                 if split == "train":
                     yield source
                     yield target
@@ -283,7 +261,8 @@ def tokenize(dataset, tokenizer, recipe, writer) -> dict:
     spec = parse_spec(recipe)
     if recipe.task == MONOLINGUAL:
         return tokenize_monolingual(dataset, tokenizer, spec, recipe.train.max_length, writer)
-    return encode_split(dataset, tokenizer, recipe.train.max_length, "train", lambda ids, plen, _: writer.add(ids, plen))
+    return encode_split(dataset, tokenizer, recipe.train.max_length, "train",
+                        lambda ids, plen, _: writer.add(ids, plen))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -291,91 +270,22 @@ def tokenize(dataset, tokenizer, recipe, writer) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _stream_char_limit(spec: MonolingualSpec, lang: str, block_size: int) -> int | None:
-    """Characters to stream from a Hub corpus for ``lang``: about its share of the budget, generously."""
-    if spec.ratios is None:
-        return None  # temperature sampling needs the corpus sizes: bounded by max_documents only
-    tokens = spec.ratios[lang] * spec.token_budget + block_size
-    script = get_language(lang).script
-    return int(tokens * CHARS_PER_TOKEN.get(script, DEFAULT_CHARS_PER_TOKEN))
-
-
-def _document_batches(spec: MonolingualSpec, lang: str, block: int, provenance: list):
-    """Batches of ``lang``'s non-empty documents, location after location, up to ``max_documents``; each
-    location's provenance is appended to ``provenance``."""
-    count = 0
-    for location in spec.sources[lang]:
-        left = None if spec.max_documents is None else spec.max_documents - count
-        if left == 0:
-            break
-        limit = _stream_char_limit(spec, lang, block) if location.startswith("hf:") else None
-        if location.startswith("hf:") and limit is None and spec.max_documents is None:
-            raise XllamaError(f"data.monolingual.{lang}: a Hub corpus ({location}) with temperature sampling needs "
-                              "data.max_documents (the stream would otherwise be read to its end)")
-        info: dict = {}
-        for docs in iter_documents(location, lang, spec.text_field, left, limit, info, batch=BATCH):
-            yield docs
-        count += info["documents"]
-        provenance.append(info)
-
-
 def load_monolingual(spec: MonolingualSpec, max_length: int):
-    """Every language's documents -> (Dataset[text, lang] memory-mapped from disk, manifest), grouped by
-    language. The text is written to an Arrow file in batches: memory does not grow with the corpus."""
-    import pyarrow as pa
-    from datasets import Dataset
-    from tqdm.auto import tqdm
+    """Every language's documents -> (Dataset[text, lang] memory-mapped from disk, manifest): the shared corpus
+    builder, with Hub corpora read up to about the language's share of the budget (:data:`CHARS_PER_TOKEN`)."""
+    from xllama.data.corpus import build_corpus
 
-    from xllama import __version__
-
-    started = time.perf_counter()
     block = spec.block_size or max_length
-    per_language = {}
-    digest = hashlib.blake2b(digest_size=16)
-    schema = pa.schema([("text", pa.string()), ("lang", pa.string())])
-    parent = _scratch_parent(None)  # $XLLAMA_CACHE/tmp or $TMPDIR, as the mixer's: it needs room for the corpus
-    parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".xllama-alma-text-", dir=parent))
-    try:
-        path = scratch / "text.arrow"
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as out, \
-                tqdm(desc="reading monolingual text", unit="doc") as bar:
-            for lang in spec.languages:
-                provenance, documents, chars = [], 0, 0
-                for docs in _document_batches(spec, lang, block, provenance):
-                    for doc in docs:
-                        digest.update(doc.encode("utf-8"))
-                        digest.update(b"\n")
-                    chars += sum(map(len, docs))
-                    documents += len(docs)
-                    out.write_batch(pa.record_batch([pa.array(docs, pa.string()), pa.array([lang] * len(docs))],
-                                                    schema=schema))
-                    bar.update(len(docs))
-                if not documents:
-                    raise XllamaError(f"data.monolingual.{lang}: no non-empty documents in "
-                                      f"{', '.join(spec.sources[lang])}")
-                per_language[lang] = {"documents": documents, "chars": chars, "sources": provenance}
-        dataset = Dataset.from_file(str(path))  # memory-mapped
-        weakref.finalize(dataset, shutil.rmtree, str(scratch), True)  # write_mix copies it into the run first
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    manifest = {
-        "format": FORMATS[MONOLINGUAL],
-        "version": 1,
-        "task": MONOLINGUAL,
-        "examples": len(dataset),
-        "columns": ["text", "lang"],
-        "languages": per_language,
-        "sampling": {"ratios": spec.ratios} if spec.ratios is not None else {"temperature": spec.temperature},
-        "token_budget": spec.token_budget,
-        "block_size": block,
-        "seed": spec.seed,
-        "content_hash": digest.hexdigest(),
-        "xllama_version": __version__,
-        "build_seconds": round(time.perf_counter() - started, 2),
-    }
-    return dataset, manifest
+    hub_chars = {}
+    if spec.ratios is not None:  # temperature sampling needs the corpus sizes: bounded by max_documents only
+        for lang in spec.languages:
+            per_token = CHARS_PER_TOKEN.get(get_language(lang).script, DEFAULT_CHARS_PER_TOKEN)
+            hub_chars[lang] = int((spec.ratios[lang] * spec.token_budget + block) * per_token)
+    dataset, manifest = build_corpus(spec.sources, spec.text_field, spec.max_documents, hub_chars,
+                                     spec.accept_language_mismatch)
+    sampling = {"ratios": spec.ratios} if spec.ratios is not None else {"temperature": spec.temperature}
+    return dataset, with_sections(manifest, task=MONOLINGUAL, token_budget=spec.token_budget, block_size=block,
+                                  sampling=sampling, seed=spec.seed)
 
 
 def language_shares(spec: MonolingualSpec, tokens: dict[str, int]) -> dict[str, float]:
@@ -383,38 +293,6 @@ def language_shares(spec: MonolingualSpec, tokens: dict[str, int]) -> dict[str, 
     if spec.ratios is not None:
         return dict(spec.ratios)
     return shares_by_size({lang: tokens[lang] for lang in spec.languages}, spec.temperature)
-
-
-def _tokens_to_files(dataset, tokenizer, languages: list[str], scratch: Path, dtype) -> dict[str, int]:
-    """Tokenise the documents in batches, appending each language's tokens (EOS after every document) to
-    ``scratch/<lang>.bin``; return the tokens per language."""
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from xllama.data.tokenize import batch_encode
-
-    eos = tokenizer.eos_token_id
-    tokens = dict.fromkeys(languages, 0)
-    files = {lang: open(scratch / f"{lang}.bin", "wb") for lang in languages}
-    try:
-        with tqdm(total=len(dataset), desc="tokenising documents", unit="doc") as bar:
-            for batch in dataset.select_columns(["text", "lang"]).iter(batch_size=BATCH):
-                by_lang: dict[str, list] = {}
-                for lang, ids in zip(batch["lang"], batch_encode(tokenizer, batch["text"], add_special_tokens=True)):
-                    if lang not in files:
-                        raise XllamaError(f"the run's text has language {lang!r}, which the recipe does not list; "
-                                          "rebuild the run's data (a new --out)")
-                    by_lang.setdefault(lang, []).append(ids)
-                for lang, docs in by_lang.items():
-                    ends = np.cumsum(np.fromiter(map(len, docs), np.int64, count=len(docs)))
-                    flat = np.fromiter(chain.from_iterable(docs), np.int64, count=int(ends[-1]))
-                    np.insert(flat.astype(dtype), ends, eos).tofile(files[lang])  # EOS after every document
-                    tokens[lang] += int(ends[-1]) + len(docs)
-                bar.update(len(batch["lang"]))
-    finally:
-        for f in files.values():
-            f.close()
-    return tokens
 
 
 def _copy_blocks(writer, path: Path, dtype, block: int, index) -> None:
@@ -436,6 +314,7 @@ def tokenize_monolingual(dataset, tokenizer, spec: MonolingualSpec, max_length: 
     (loss on every token); returns the statistics. Scratch token files live beside the store."""
     import numpy as np
 
+    from xllama.data.tokenize import tokenize_documents
     from xllama.train.store import token_dtype
 
     block = spec.block_size or max_length
@@ -449,7 +328,7 @@ def tokenize_monolingual(dataset, tokenizer, spec: MonolingualSpec, max_length: 
     store.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{store.name}.alma-", dir=store.parent) as scratch:
         scratch = Path(scratch)
-        tokens = _tokens_to_files(dataset, tokenizer, spec.languages, scratch, dtype)
+        tokens = tokenize_documents(dataset, tokenizer, spec.languages, scratch, dtype, BATCH)
         shares = language_shares(spec, tokens)
         quota = allocate_blocks(shares, total)
         rng = np.random.default_rng(spec.seed)
@@ -480,145 +359,71 @@ def tokenize_monolingual(dataset, tokenizer, spec: MonolingualSpec, max_length: 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _guard(spec: ParallelSpec) -> tuple[ContaminationGuard | None, list[dict]]:
-    languages = sorted({lang for pair in spec.pairs for lang in pair.split("-") if lang != "en"})
-    sets = [load_guard(location, languages) for location in spec.guard]
-    return (ContaminationGuard(sets) if sets else None), [g.provenance for g in sets]
-
-
-def _directions(spec: ParallelSpec, a: str, b: str) -> list[tuple[str, str]]:
-    if spec.directions == "both":
-        return [(a, b), (b, a)]
-    x = a if b == "en" else b
-    return [(x, "en")] if spec.directions == "x-en" else [("en", x)]
+def _mix_spec(spec: ParallelSpec, pairs: dict, sizes: dict, guard: list[str] | None, hub_split: str) -> MixSpec:
+    """The mixer's spec for ALMA's pairs: no instructions, no length filters (ALMA's pairs are curated); no
+    guard at all with ``guard=None`` (validation pairs)."""
+    languages = sorted({lang for pair in pairs for lang in pair.split("-") if lang != "en"})
+    return MixSpec(mix="custom", languages=languages, parallel=pairs, guard=guard or [],
+                   guard_enabled=guard is not None, parallel_sizes=sizes, directions=spec.directions,
+                   seed=spec.seed, max_length=None, max_length_ratio=None, hub_split=hub_split,
+                   accept_language_mismatch=spec.accept_language_mismatch)
 
 
 def load_parallel_text(spec: ParallelSpec):
-    """Training and validation pairs -> (Dataset[src, tgt, source, target, split], manifest); one row per
-    direction, so the text set is exactly what is trained on."""
-    import pyarrow as pa
-    from datasets import Dataset
+    """Training and validation pairs -> (Dataset[instruction, input, output, source, lang, direction, split],
+    manifest): the mixer's rows (one per direction of a pair) with a ``split`` column, train then valid. The
+    manifest is the training mix's, with the validation mix's under ``valid``."""
+    from datasets import concatenate_datasets
 
-    from xllama import __version__
-
-    started = time.perf_counter()
-    guard, guard_info = _guard(spec)
-    report = GuardReport(guard) if guard else None
-    columns = {c: [] for c in ("src", "tgt", "source", "target", "split")}
-    pairs_report = {"train": {}, "valid": {}}
-    digest = hashlib.blake2b(digest_size=16)
-    seen_train = set()
-    for split, locations, sizes in (("train", spec.pairs, spec.sizes), ("valid", spec.valid, spec.valid_sizes)):
-        for pair, locs in locations.items():
-            a, b = pair.split("-")
-            data, provenance = ParallelData(a, b), []
-            for location in locs:
-                if split == "valid" and not location.startswith("hf:") and Path(location).expanduser().is_dir():
-                    raise XllamaError(f"data.valid.{pair}: {location} is a folder; give the validation file itself "
-                                      f"(e.g. {Path(location) / f'valid.{pair}.json'}), so that training pairs are "
-                                      "never taken for validation ones")
-                part = load_parallel(location, a, b, split="train" if split == "train" else "validation")
-                data.extend(part)
-                provenance.append(part.provenance)
-            index, removed = clean_pairs(data, f"{split}:{pair}", report if split == "train" else None)
-            kept = [(data.source[i].strip(), data.target[i].strip()) for i in index]
-            keys = {hash((normalize(s), normalize(t))) for s, t in kept}
-            if split == "valid":
-                overlap = len(keys & seen_train)
-                if overlap:
-                    log.warning("%d of %d %s validation pairs also occur in the training pairs", overlap, len(kept),
-                                pair)
-            else:
-                seen_train |= keys
-            index, drawn = draw(list(range(len(kept))), sizes.get(pair), spec.seed, f"{split}:{pair}")
-            for x, y in _directions(spec, a, b):
-                for i in index:
-                    source, target = kept[i] if x == a else kept[i][::-1]
-                    for column, value in zip(columns, (x, y, source, target, split)):
-                        columns[column].append(value)
-                    digest.update(f"{split}\t{x}\t{y}\t{source}\t{target}\n".encode("utf-8"))
-            pairs_report[split][pair] = {"loaded": len(data), "removed": removed.as_dict(), "kept": len(kept),
-                                         "used": len(index), "sizes": drawn,
-                                         "directions": [f"{x}-{y}" for x, y in _directions(spec, a, b)],
-                                         "sources": provenance}
-    n_train = columns["split"].count("train")
-    if n_train == 0:
-        raise XllamaError("no training pairs left after cleaning (empty sides, duplicates, guard)")
-    by_direction = {}
-    for x, y, split in zip(columns["src"], columns["tgt"], columns["split"]):
-        by_direction.setdefault(split, {}).setdefault(f"{x}-{y}", 0)
-        by_direction[split][f"{x}-{y}"] += 1
-    dataset = Dataset(pa.table({c: pa.array(v, pa.string()) for c, v in columns.items()}))
-    manifest = {
-        "format": FORMATS[PARALLEL],
-        "version": 1,
-        "task": PARALLEL,
-        "examples": n_train,
-        "valid_examples": len(dataset) - n_train,
-        "columns": list(columns),
-        "directions": spec.directions,
-        "by_direction": by_direction,
-        "pairs": pairs_report["train"],
-        "valid": pairs_report["valid"],
-        "guard": guard_info,
-        **guard_manifest(report),
-        "seed": spec.seed,
-        "content_hash": digest.hexdigest(),
-        "xllama_version": __version__,
-        "build_seconds": round(time.perf_counter() - started, 2),
-    }
-    return dataset, manifest
+    for pair, locations in spec.valid.items():
+        for location in locations:
+            if not location.startswith("hf:") and Path(location).expanduser().is_dir():
+                raise XllamaError(f"data.valid.{pair}: {location} is a folder; give the validation file itself "
+                                  f"(e.g. {Path(location) / f'valid.{pair}.json'}), so that training pairs are "
+                                  "never taken for validation ones")
+    train, manifest = build_mix(_mix_spec(spec, spec.pairs, spec.sizes, spec.guard, "train"))
+    built, valid_manifest = [train], None
+    if spec.valid:
+        valid, valid_manifest = build_mix(_mix_spec(spec, spec.valid, spec.valid_sizes, None, "validation"))
+        built.append(valid)
+        overlap = _shared_pairs(train, valid)
+        if overlap:
+            log.warning("%d of %d validation rows also occur in the training pairs", overlap, len(valid))
+    dataset = concatenate_datasets([part.add_column("split", [split] * len(part))
+                                    for part, split in zip(built, ("train", "valid"))])
+    weakref.finalize(dataset, tuple, built)  # the built mixes (and so their files) live as long as the dataset
+    return dataset, with_sections(manifest, task=PARALLEL, columns=[*manifest["columns"], "split"],
+                                  valid_examples=len(dataset) - len(train), valid=valid_manifest)
 
 
-def encode_translations(tokenizer, prompts: list[str], targets: list[str], max_length: int):
-    """(prompt, target) -> (input_ids lists, prompt lengths, kept indices, stats).
-
-    ids = tokens of ``prompt + " " + target`` then EOS; the prompt length is that of the prompt tokenised alone
-    (as at inference), checked to be a prefix of the whole. Examples longer than ``max_length`` are dropped, not
-    cut: a truncated target without its EOS would teach the model to translate half a sentence.
-    """
-    from xllama.data.tokenize import batch_encode
-
-    eos = tokenizer.eos_token_id
-    enc_prompt = batch_encode(tokenizer, prompts, add_special_tokens=True)
-    enc_full = batch_encode(tokenizer, [p + " " + t for p, t in zip(prompts, targets)], add_special_tokens=True)
-    ids_out, plen_out, kept = [], [], []
-    stats = {"examples": 0, "dropped_too_long": 0, "boundary_merged": 0}
-    for i, (p, full) in enumerate(zip(enc_prompt, enc_full)):
-        n = len(p)
-        if full[:n] != p:  # the tokenizer merged a token across the prompt/target boundary
-            n = next(k for k, (x, y) in enumerate(zip(p, full)) if x != y)
-            stats["boundary_merged"] += 1
-        ids = full + [eos]
-        if len(ids) > max_length:
-            stats["dropped_too_long"] += 1
-            continue
-        ids_out.append(ids)
-        plen_out.append(n)
-        kept.append(i)
-    stats["examples"] = len(ids_out)
-    return ids_out, plen_out, kept, stats
+def _shared_pairs(train, valid) -> int:
+    """How many validation rows (direction, source, target; normalised) are also training rows."""
+    rows = lambda d: d.select_columns(["direction", "input", "output"]).iter(batch_size=BATCH)  # noqa: E731
+    keys = lambda b: zip(b["direction"], map(normalize, b["input"]), map(normalize, b["output"]))  # noqa: E731
+    held = {key for batch in rows(valid) for key in keys(batch)}
+    return len(held & {key for batch in rows(train) for key in keys(batch) if key in held})
 
 
 def encode_split(dataset, tokenizer, max_length: int, split: str, emit) -> dict:
     """Tokenise the rows of ``split`` in ALMA's prompt, batch by batch: ``emit(input_ids, prompt_lengths,
     directions)`` for each batch; return the statistics."""
+    from xllama.data.tokenize import encode_prompted
     from xllama.prompts import alma_prompt
 
     stats = {"task": PARALLEL, "split": split, "examples": 0, "dropped_too_long": 0, "boundary_merged": 0,
              "target_tokens": 0}
     rows = 0
-    for batch in dataset.select_columns(["src", "tgt", "source", "target", "split"]).iter(batch_size=BATCH):
+    for batch in _stage2_rows(dataset):
         index = [i for i, s in enumerate(batch["split"]) if s == split]
         rows += len(index)
-        prompts = [alma_prompt(batch["src"][i], batch["tgt"][i], batch["source"][i]) for i in index]
-        ids, plen, kept, counts = encode_translations(tokenizer, prompts, [batch["target"][i] for i in index],
-                                                      max_length)
+        directions = [batch["direction"][i] for i in index]
+        prompts = [alma_prompt(*d.split("-"), batch["input"][i]) for d, i in zip(directions, index)]
+        ids, plen, kept, counts = encode_prompted(tokenizer, prompts, [batch["output"][i] for i in index], max_length)
         for key, value in counts.items():
             stats[key] += value
         stats["target_tokens"] += sum(len(x) - p for x, p in zip(ids, plen))
         if ids:
-            emit(ids, plen, [f"{batch['src'][index[k]]}-{batch['tgt'][index[k]]}" for k in kept])
+            emit(ids, plen, [directions[k] for k in kept])
     if not rows:
         raise XllamaError(f"the run's text has no {split} pairs")
     if not stats["examples"]:
@@ -626,6 +431,17 @@ def encode_split(dataset, tokenizer, max_length: int, split: str, emit) -> dict:
     if stats["dropped_too_long"]:
         log.warning("%d %s examples longer than %d tokens were dropped", stats["dropped_too_long"], split, max_length)
     return stats
+
+
+def _stage2_rows(dataset):
+    """Batches of (direction, input, output, split), also from the text of runs made before stage 2's pairs
+    were an xllama mix (columns src, tgt, source, target, split), so that those runs still resume."""
+    if "direction" in dataset.column_names:
+        yield from dataset.select_columns(["direction", "input", "output", "split"]).iter(batch_size=BATCH)
+        return
+    for b in dataset.select_columns(["src", "tgt", "source", "target", "split"]).iter(batch_size=BATCH):
+        yield {"direction": [f"{x}-{y}" for x, y in zip(b["src"], b["tgt"])], "input": b["source"],
+               "output": b["target"], "split": b["split"]}
 
 
 def tokenize_translations(dataset, tokenizer, max_length: int, split: str = "train", keep_direction: bool = False):

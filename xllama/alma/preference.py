@@ -117,11 +117,12 @@ class SegmentScorer:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xllama.data.guard import ContaminationGuard, GuardReport, normalize
+    from xllama.data.guard import ContaminationGuard, GuardReport, guard_manifest, normalize
+    from xllama.data.mix import manifest as data_manifest
     from xllama.data.sample import draw
     from xllama.data.sources import load_guard, load_parallel
     from xllama.eval.generate import generate, load_for_generation
-    from xllama.io import atomic_directory
+    from xllama.io import atomic_directory, content_hash
     from xllama.languages import parse_pair
     from xllama.prompts import alma_prompt
 
@@ -213,29 +214,18 @@ def run(args: argparse.Namespace) -> int:
                         "dispreferred_score": worst["score"], "candidates": cands})
     if not records:
         raise XllamaError("no triplet: every sentence's best and worst candidates are the same text")
-    from xllama import __version__
-
-    manifest = {
-        "format": FORMAT,
-        "version": 1,
-        "triplets": len(records),
-        "sentences": len(items),
-        "no_contrast": no_contrast,
-        "empty_candidates": empty,
-        "preferred_by_system": dict(sorted(wins.items())),
-        "models": list(args.model),
-        "decoding": [{"num_beams": b, "max_new_tokens": args.max_new_tokens} for b in beams],
-        "reference_candidate": not args.no_reference,
-        "metric": {"name": scorer.name, "signature": scorer.signature, "reference_based": scorer.reference_based,
-                   "requested": args.metric},
-        "pairs": pairs_report,
-        "guard": [g.provenance for g in report.guard.sets] if report else [],
-        "guard_report": report.as_dict() if report else {},
-        "size": args.size,
-        "seed": args.seed,
-        "xllama_version": __version__,
-        "build_seconds": round(time.perf_counter() - started, 2),
-    }
+    manifest = data_manifest(
+        FORMAT, len(records), ("direction", "source", "preferred", "dispreferred", "preferred_score",
+                               "dispreferred_score", "candidates"), content_hash(records), started,
+        triplets=len(records), sentences=len(items), no_contrast=no_contrast, empty_candidates=empty,
+        preferred_by_system=dict(sorted(wins.items())), models=list(args.model),
+        decoding=[{"num_beams": b, "max_new_tokens": args.max_new_tokens} for b in beams],
+        reference_candidate=not args.no_reference,
+        metric={"name": scorer.name, "signature": scorer.signature, "reference_based": scorer.reference_based,
+                "requested": args.metric},
+        pairs=pairs_report, guard=[g.provenance for g in report.guard.sets] if report else [],
+        **guard_manifest(report), size=args.size, seed=args.seed,
+    )
     with atomic_directory(out, overwrite=args.overwrite) as tmp:
         with open(tmp / "triplets.jsonl", "w", encoding="utf-8") as f:
             for record in records:

@@ -128,3 +128,18 @@ def pair_locations(value, key: str) -> dict[str, list[str]]:
     """``{de-en: LOCATION or [LOCATIONS], ...}`` -> {"src-tgt": locations}; None is empty."""
     return {language_pair(pair, f"{key}.{pair}"): locations(locs, f"{key}.{pair}")
             for pair, locs in mapping(value, key).items()}
+
+
+def language_weights(value, languages: list[str], key: str, what: str = "weight") -> dict[str, float]:
+    """``{de: 0.2, zh: 0.19, ...}`` -> {canonical code: positive float}, one for each of ``languages`` and no
+    other (a mix's language weights, ALMA's stage-1 ratios); ``what`` names them in messages."""
+    weights = {}
+    for lang, number in mapping(value, key).items():
+        code = language(lang, f"{key}.{lang}")
+        if code not in languages:
+            raise XllamaError(f"{key}.{lang}: not one of this spec's languages ({', '.join(languages)})")
+        weights[code] = positive_number(number, f"{key}.{lang}")
+    missing = [lang for lang in languages if lang not in weights]
+    if missing:
+        raise XllamaError(f"{key}: no {what} for {', '.join(missing)}; give one for each of {', '.join(languages)}")
+    return {lang: weights[lang] for lang in languages}

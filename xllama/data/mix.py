@@ -99,6 +99,7 @@ class MixSpec:
     upsample: bool = False  # a size beyond what a source has repeats it (else: all of it, once)
     temperature: float | None = None  # target languages' sources sized by n_l^(1/T) (m-LLaMA; implies upsample)
     weights: dict[str, float] = field(default_factory=dict)  # or by fixed per-language weights (implies upsample)
+    hub_split: str = "train"  # the split read from Hub parallel corpora (hf:...)
 
     # -- construction ------------------------------------------------------------------------------------
 
@@ -125,6 +126,11 @@ class MixSpec:
                 setattr(spec, key, d[key])
         if "seed" in d:
             spec.seed = _int(d["seed"], at("seed"), minimum=0)
+        if "hub_split" in d:
+            if not isinstance(d["hub_split"], str) or not d["hub_split"]:
+                raise XllamaError(f"{at('hub_split')}: expected a split name (train, validation, test), "
+                                  f"got {d['hub_split']!r}")
+            spec.hub_split = d["hub_split"]
         if "min_length" in d:
             spec.min_length = _int(d["min_length"], at("min_length"), minimum=0)
         if "max_length" in d:
@@ -194,19 +200,10 @@ class MixSpec:
                                   f"larger: flatter), got {value!r}")
             spec.temperature = float(value)
         targets = [lang for lang in spec.languages if lang != "en"]
-        for lang, value in _mapping(d.get("weights"), at("weights")).items():
-            code = _language(lang, f"{at('weights')}.{lang}")
-            if code not in targets:
-                raise XllamaError(f"{at('weights')}.{lang}: not a target language of this mix ({', '.join(targets)})")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise XllamaError(f"{at('weights')}.{lang}: expected a positive number, got {value!r}")
-            spec.weights[code] = float(value)
-        if spec.weights:
+        if d.get("weights"):
             if spec.temperature is not None:
                 raise XllamaError(f"{where}: give weights (fixed shares) or temperature (p ~ n^(1/T)), not both")
-            missing = [lang for lang in targets if lang not in spec.weights]
-            if missing:
-                raise XllamaError(f"{at('weights')}: no weight for {', '.join(missing)}; give one per target language")
+            spec.weights = language_weights(d["weights"], targets, at("weights"))
         return spec
 
     def to_dict(self) -> dict:
@@ -232,6 +229,7 @@ class MixSpec:
             "upsample": self.upsample,
             "temperature": self.temperature,
             "weights": dict(self.weights),
+            "hub_split": self.hub_split,
         }
 
     # -- what the named mixes use -------------------------------------------------------------------------
@@ -318,6 +316,7 @@ class MixSpec:
 from xllama.data.fields import choice as _choice  # noqa: E402
 from xllama.data.fields import integer as _int  # noqa: E402
 from xllama.data.fields import language as _language  # noqa: E402
+from xllama.data.fields import language_weights  # noqa: E402
 from xllama.data.fields import locations as _locations  # noqa: E402
 from xllama.data.fields import mapping as _mapping  # noqa: E402
 from xllama.data.fields import size as _size  # noqa: E402
@@ -582,34 +581,45 @@ def build_mix(spec: MixSpec, progress: bool = True, scratch_dir: str | os.PathLi
         by_source[source] += count
         by_lang[lang] += count
         by_direction[direction] += count
+    return dataset, manifest(
+        MIX_FORMAT, n, COLUMNS, digest, started,
+        by_source=dict(sorted(by_source.items())),
+        by_lang=dict(sorted(by_lang.items())),
+        by_direction={k: v for k, v in sorted(by_direction.items()) if k},
+        groups=[{"source": s, "lang": lang, "direction": d, "examples": c}
+                for (s, lang, d), c in sorted(counts.items())],
+        removed=_sum_removed(removed_by_source),
+        removed_by_source=removed_by_source,
+        **guard_manifest(report),
+        sizes=sizes_info,
+        seed=spec.seed,
+        spec=spec.to_dict(),
+        allocation=spec.allocation,
+        unused_sources=unused,
+        sources=sources_info,
+        guard=[g.provenance for g in guard_sets],
+        language_check=checker.results,
+    )
+
+
+def manifest(format: str, examples: int, columns, content_hash: str, started: float, **sections) -> dict:
+    """The manifest of a data build, the one layout every build writes (mixes, monolingual corpora, and the
+    task modules' text sets built from them): format, version, examples, columns, then the build's own
+    sections (sources, removed, guard, language_check, sizes, seed ...), then content_hash, xllama_version and
+    build_seconds (since ``started``, a ``time.perf_counter()``)."""
     from xllama import __version__
 
-    manifest = {
-        "format": MIX_FORMAT,
-        "version": 1,
-        "examples": n,
-        "columns": list(COLUMNS),
-        "by_source": dict(sorted(by_source.items())),
-        "by_lang": dict(sorted(by_lang.items())),
-        "by_direction": {k: v for k, v in sorted(by_direction.items()) if k},
-        "groups": [{"source": s, "lang": lang, "direction": d, "examples": c}
-                   for (s, lang, d), c in sorted(counts.items())],
-        "removed": _sum_removed(removed_by_source),
-        "removed_by_source": removed_by_source,
-        **guard_manifest(report),
-        "sizes": sizes_info,
-        "seed": spec.seed,
-        "content_hash": digest,
-        "spec": spec.to_dict(),
-        "allocation": spec.allocation,
-        "unused_sources": unused,
-        "sources": sources_info,
-        "guard": [g.provenance for g in guard_sets],
-        "language_check": checker.results,
-        "xllama_version": __version__,
-        "build_seconds": round(time.perf_counter() - started, 2),
-    }
-    return dataset, manifest
+    return {"format": format, "version": 1, "examples": examples, "columns": list(columns), **sections,
+            "content_hash": content_hash, "xllama_version": __version__,
+            "build_seconds": round(time.perf_counter() - started, 2)}
+
+
+def with_sections(manifest: dict, **sections) -> dict:
+    """``manifest`` (the layout of :func:`manifest`) with ``sections`` added or replaced, still before its last
+    three keys (content_hash, xllama_version, build_seconds): how a task adds what its text set means."""
+    body = {k: v for k, v in manifest.items() if k not in ("content_hash", "xllama_version", "build_seconds")}
+    tail = {k: manifest[k] for k in ("content_hash", "xllama_version", "build_seconds")}
+    return {**body, **sections, **tail}
 
 
 def _read_sources(spec: MixSpec, scratch: Path, report, checker: LanguageChecker, bar):
@@ -652,7 +662,8 @@ def _read_sources(spec: MixSpec, scratch: Path, report, checker: LanguageChecker
                                  spec.max_length_ratio)
 
         batches = _located(spec.parallel[pair], provenance,
-                           lambda location, info: iter_parallel(location, src, tgt, provenance=info))
+                           lambda location, info: iter_parallel(location, src, tgt, split=spec.hub_split,
+                                                                provenance=info))
         digests, loaded = _clean_to_scratch(file, batches, look, screen, bar)
         locations = ", ".join(spec.parallel[pair])
         checker.check(f"parallel.{pair} ({src} side)", src, samples[0].texts, locations)
