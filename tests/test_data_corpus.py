@@ -62,3 +62,42 @@ def test_every_data_build_writes_one_manifest_layout(shared, tmp_path):
         assert keys[:4] == ["format", "version", "examples", "columns"], keys
         assert keys[-3:] == ["content_hash", "xllama_version", "build_seconds"], keys
         assert len(manifest["content_hash"]) == 32 and manifest["examples"] > 0
+
+
+def test_a_failed_corpus_build_leaves_no_scratch(shared, tmp_path, monkeypatch):
+    from xllama.data.corpus import build_corpus
+
+    monkeypatch.setenv("XLLAMA_CACHE", str(tmp_path / "cache"))
+    english = str(shared / PAIRS / "deen/train.de-en.en")
+    with pytest.raises(XllamaError, match="labelled de"):
+        build_corpus({"en": [english], "de": [english]}, max_documents=50, progress=False)
+    assert list((tmp_path / "cache/tmp").iterdir()) == []
+
+
+def test_alma_stage2_reads_the_validation_split_of_hub_pairs(tmp_path, monkeypatch):
+    """``valid: {de-en: hf:...}`` reads the corpus's validation split (the mixer's ``hub_split``), the training
+    pairs its train split, both from a local mirror of the Hub's parquet export."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from xllama.alma.data import load_parallel_text, parse_spec
+
+    german = ["Das Haus ist sehr alt und groß.", "Wir gehen morgen früh in die Stadt.", "Der Zug kommt heute spät an.",
+              "Ich lese gern Bücher über Geschichte.", "Die Kinder spielen im Garten hinter dem Haus."]
+    english = ["The house is very old and big.", "We are going to town early tomorrow.", "The train arrives late today.",
+               "I like reading books about history.", "The children are playing in the garden behind the house."]
+    for split, rows in (("train", range(0, 3)), ("validation", range(3, 5))):
+        folder = tmp_path / "owner/pairs/de-en" / split
+        folder.mkdir(parents=True)
+        records = [{"de": german[i], "en": english[i]} for i in rows]
+        pq.write_table(pa.table({"translation": records}), folder / "0000.parquet")
+    monkeypatch.setenv("XLLAMA_HUB_MIRROR", str(tmp_path))
+    monkeypatch.setenv("XLLAMA_CACHE", str(tmp_path / "cache"))
+    spec = parse_spec({"parallel": {"de-en": "hf:owner/pairs:de-en"}, "valid": {"de-en": "hf:owner/pairs:de-en"},
+                       "accept_language_mismatch": True}, "alma-parallel")  # 3 sentences: too few to judge
+    text, manifest = load_parallel_text(spec)
+    rows = text.to_dict()
+    train = {x for x, s in zip(rows["input"], rows["split"]) if s == "train"}
+    valid = {x for x, s in zip(rows["input"], rows["split"]) if s == "valid"}
+    assert train == set(german[:3]) | set(english[:3]) and valid == set(german[3:]) | set(english[3:])
+    assert manifest["valid"]["spec"]["hub_split"] == "validation" and manifest["spec"]["hub_split"] == "train"
