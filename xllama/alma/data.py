@@ -373,6 +373,7 @@ def load_parallel_text(spec: ParallelSpec):
     """Training and validation pairs -> (Dataset[instruction, input, output, source, lang, direction, split],
     manifest): the mixer's rows (one per direction of a pair) with a ``split`` column, train then valid. The
     manifest is the training mix's, with the validation mix's under ``valid``."""
+    import pyarrow as pa
     from datasets import concatenate_datasets
 
     for pair, locations in spec.valid.items():
@@ -389,7 +390,7 @@ def load_parallel_text(spec: ParallelSpec):
         overlap = _shared_pairs(train, valid)
         if overlap:
             log.warning("%d of %d validation rows also occur in the training pairs", overlap, len(valid))
-    dataset = concatenate_datasets([part.add_column("split", [split] * len(part))
+    dataset = concatenate_datasets([part.add_column("split", pa.repeat(pa.scalar(split), len(part)))
                                     for part, split in zip(built, ("train", "valid"))])
     weakref.finalize(dataset, tuple, built)  # the built mixes (and so their files) live as long as the dataset
     return dataset, with_sections(manifest, task=PARALLEL, columns=[*manifest["columns"], "split"],
