@@ -13,6 +13,9 @@ Tokenizer: the shared SmolLM2 tokenizer (``xllama.modeling.load_tokenizer`` on t
 - tokenizer alone: the Rust tokenizer's ``encode_batch_fast`` on exactly the texts ``encode_pairs`` gives it (the
   spliced prompts' cores and the responses, same batches), ids read into Python and nothing else: the floor of
   any tokenisation of these examples on this machine, so xllama's figures can be read as a share of it.
+- fresh: the pipeline and the floor again, each in a process of its own that has loaded only the rows (saved and
+  memory-mapped, as ``xllama train`` reads RUN/data) and the tokenizer, taking turns: the conditions of the
+  trainer's data stage, without this benchmark's other results (millions of Python ints) in memory.
 - reference: Stanford Alpaca's ``preprocess`` (copied by x-LLM): a *slow* pure-Python tokenizer, one string at
   a time, tokenising the source and source+target separately and masking ``len(tokenize(source))`` tokens.
   The slow tokenizer is a ``transformers.GPT2Tokenizer`` built from the fast tokenizer's own vocab and merges
@@ -152,6 +155,50 @@ def tokenizer_alone(tokenizer, batches: list[list[str]]) -> int:
     and their ids read into Python, nothing else (no prompt building, no masks, no length checks)."""
     backend = tokenizer.backend_tokenizer
     return sum(len(e.ids) for texts in batches for e in backend.encode_batch_fast(texts, add_special_tokens=False))
+
+
+FRESH_CHILD = """
+import json, sys, time
+from pathlib import Path
+
+from datasets import load_from_disk
+
+from xllama.data.tokenize import tokenize_instructions
+from xllama.modeling import load_tokenizer
+from xllama.train.store import StoreWriter
+
+way, text, tokenizer_spec, max_length, out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+dataset, tokenizer = load_from_disk(text), load_tokenizer(tokenizer_spec)
+start, start_cpu = time.perf_counter(), time.process_time()
+if way == "pipeline":  # the trainer's data stage: the run's text (memory-mapped) -> RUN/store
+    with StoreWriter(Path(out), len(tokenizer), progress=False) as writer:
+        writer.stats = tokenize_instructions(dataset, tokenizer, max_length, writer)
+else:  # the floor: the same texts, the Rust tokenizer alone
+    sys.path.insert(0, sys.argv[6])
+    from benchmarks.data.bench_tokenize import tokenizer_alone, tokenizer_texts
+
+    rows = dataset.to_dict()
+    texts = tokenizer_texts(tokenizer, rows["instruction"], rows["input"], rows["output"])
+    start, start_cpu = time.perf_counter(), time.process_time()
+    tokenizer_alone(tokenizer, texts)
+print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu}))
+"""
+
+
+def fresh_process(way: str, text: Path, tokenizer_spec: str, max_length: int, out: Path) -> tuple[float, float]:
+    """(wall, CPU seconds) of ``way`` ("pipeline" or "floor") in a process of its own that has loaded only the
+    run's text (``save_to_disk`` of the rows, memory-mapped as ``xllama train`` reads RUN/data) and the
+    tokenizer: the conditions of the trainer's data stage, without this benchmark's other results in memory."""
+    import subprocess
+
+    root = str(HERE.parent.parent)
+    done = subprocess.run([sys.executable, "-c", FRESH_CHILD, way, str(text), tokenizer_spec, str(max_length),
+                           str(out), root], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": root})
+    if done.returncode != 0:
+        raise SystemExit(f"fresh-process {way} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return result["seconds"], result["cpu_seconds"]
 
 
 def xllama_pipeline(tokenizer, dataset, max_length, directory: Path):
@@ -361,6 +408,21 @@ def main(argv=None) -> int:
         raise SystemExit(f"ids differ: new encode_pairs == previous: {identical_to_before}; token store == "
                          f"encode_pairs: {store_identical}")
     _, labels_s, labels_cpu = timed(lambda: label_lists(ids, plen), args.repeats)
+
+    # The trainer's data stage and the floor again, each in a fresh process (taking turns), with the store
+    # checked against encode_pairs' ids.
+    fresh = {"floor": ([], []), "pipeline": ([], [])}
+    with tempfile.TemporaryDirectory(prefix="bench-tokenize-fresh-") as tmp:
+        subset.save_to_disk(str(Path(tmp) / "text"))
+        for turn in range(args.repeats):
+            for way in fresh:
+                store_dir = Path(tmp) / f"store-{turn}"
+                wall, cpu = fresh_process(way, Path(tmp) / "text", tokenizer_spec, args.max_length, store_dir)
+                fresh[way][0].append(wall)
+                fresh[way][1].append(cpu)
+        fresh_store_identical = store_equals(Path(tmp) / "store-0", ids, plen)
+    if not fresh_store_identical:
+        raise SystemExit("ids differ: the fresh process's token store != encode_pairs")
     print(f"xllama encode_pairs: {n:,} examples in {statistics.median(xllama_s):.2f}s, before "
           f"{statistics.median(before_s):.2f}s, pipeline {statistics.median(pipeline_s):.2f}s "
           f"(medians of {args.repeats}); identical ids and prompt lengths", flush=True)
@@ -400,6 +462,8 @@ def main(argv=None) -> int:
                                     [a + b for a, b in zip(xllama_cpu, labels_cpu)]),
         "xllama_pipeline": (n, pipeline_s, pipeline_cpu),
         "tokenizer_alone": (n, alone_s, alone_cpu),
+        "fresh_pipeline": (n, *fresh["pipeline"]),
+        "fresh_tokenizer_alone": (n, *fresh["floor"]),
     }
     figures = {name: {"examples": k, "seconds": wall, "cpu_seconds": cpu, "examples_per_s": k / med(wall),
                       "examples_per_cpu_s": k / med(cpu)} for name, (k, wall, cpu) in ways.items()}
@@ -415,6 +479,9 @@ def main(argv=None) -> int:
         "speedup_vs_before_cpu": figures["xllama"]["examples_per_cpu_s"] / figures["before"]["examples_per_cpu_s"],
         "share_of_tokenizer_alone": {way: figures[way]["examples_per_s"] / figures["tokenizer_alone"]["examples_per_s"]
                                      for way in ("xllama", "xllama_pipeline")},
+        "fresh_share_of_tokenizer_alone": figures["fresh_pipeline"]["examples_per_s"]
+        / figures["fresh_tokenizer_alone"]["examples_per_s"],
+        "fresh_store_identical": fresh_store_identical,
         "identical_to_before": identical_to_before, "store_identical": store_identical,
         "slow_equals_fast": {"texts": m, "identical": slow_equal},
         "agreement_reference_subsample": agreement_sub,
@@ -429,6 +496,8 @@ def main(argv=None) -> int:
         "xllama_with_label_lists": "xllama `encode_pairs` + explicit label lists",
         "xllama_pipeline": "xllama `tokenize_instructions` into a `StoreWriter` token store (the trainer's path)",
         "tokenizer_alone": "the Rust tokenizer alone on the same texts (`encode_batch_fast` + ids; the floor)",
+        "fresh_pipeline": "**the trainer's path in a fresh process** (as `xllama train` runs its data stage)",
+        "fresh_tokenizer_alone": "the floor in a fresh process",
     }
     lines = [
         f"x-LLaMA zh mix (shared data), SmolLM2 tokenizer, max length {args.max_length}; {mach['cpu']}, "
@@ -441,7 +510,7 @@ def main(argv=None) -> int:
     ]
     for name, f in figures.items():
         eps = f["examples_per_s"]
-        bold = "**" if name == "xllama" else ""
+        bold = "**" if name in ("xllama", "fresh_pipeline") else ""
         lines.append(f"| {labels[name]} | {f['examples']:,} | {med(f['seconds']):.2f} ({min(f['seconds']):.2f}–"
                      f"{max(f['seconds']):.2f}) | {med(f['cpu_seconds']):.2f} | {bold}{eps:,.0f}{bold} "
                      f"| {bold}{eps / base:.1f}x{bold} | {f['examples_per_cpu_s']:,.0f} |")
@@ -453,7 +522,8 @@ def main(argv=None) -> int:
         "",
         f"Against the floor (the Rust tokenizer alone on the same texts, in the same turns): `encode_pairs` runs at "
         f"{result['share_of_tokenizer_alone']['xllama']:.0%} of its examples/s, the trainer's path at "
-        f"{result['share_of_tokenizer_alone']['xllama_pipeline']:.0%}.",
+        f"{result['share_of_tokenizer_alone']['xllama_pipeline']:.0%}. In fresh processes (taking turns): the "
+        f"trainer's path at {result['fresh_share_of_tokenizer_alone']:.0%} of the floor; its store identical.",
         "",
         f"Slow tokenizer check: {slow_equal:,}/{m:,} source+target texts give ids identical to the fast tokenizer's.",
         "",
