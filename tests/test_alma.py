@@ -320,6 +320,7 @@ def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer, tmp_path):
     import numpy as np
 
     from xllama.alma.data import load_text, tokenize, tokenize_translations
+    from xllama.data.mix import load_mix, mix_stats, write_mix
     from xllama.prompts import alma_prompt
     from xllama.train.packing import packed_row
     from xllama.train.store import StoreWriter, open_store
@@ -339,6 +340,10 @@ def test_loss_mask_covers_exactly_target_and_eos(shared, tokenizer, tmp_path):
     # every side of every pair file went through the language check
     checked = {r["source"] for r in manifest["language_check"] + manifest["valid"]["language_check"]}
     assert checked == {f"parallel.{p} ({lang} side)" for p in ("de-en", "zh-en") for lang in p.split("-")}
+    # the run's text is a mix on disk: `xllama data stats RUN/data` reads it
+    write_mix(text, manifest, tmp_path / "data", progress=False)
+    assert load_mix(tmp_path / "data")[0]["split"] == text["split"]
+    assert mix_stats(text)["translation"]["examples"] == 70
     with StoreWriter(tmp_path / "store", len(tokenizer), progress=False) as writer:
         stats = tokenize(text, tokenizer, recipe, writer)
     store = open_store(tmp_path / "store")

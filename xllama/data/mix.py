@@ -952,8 +952,10 @@ def load_mix(path: str | os.PathLike):
         dataset = load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
         raise XllamaError(f"{path}: the mix's dataset files are missing or damaged ({e})") from None
-    if tuple(dataset.column_names) != COLUMNS:
-        raise XllamaError(f"{path}: expected columns {', '.join(COLUMNS)}, found {', '.join(dataset.column_names)}")
+    missing = [c for c in COLUMNS if c not in dataset.column_names]  # a task may add columns (ALMA: split)
+    if missing or dataset.column_names != manifest.get("columns", list(COLUMNS)):
+        raise XllamaError(f"{path}: expected the columns {', '.join(manifest.get('columns', COLUMNS))} "
+                          f"(including {', '.join(COLUMNS)}), found {', '.join(dataset.column_names)}")
     return dataset, manifest
 
 
